@@ -1,0 +1,13 @@
+//! The Caracal domain model: identifiers, wire bodies, the error catalog and the audit
+//! event schema, with no I/O.
+//!
+//! This crate owns the words of the domain and their validation, so that a value of one of
+//! its types is known to be well formed wherever it travels. It must never perform I/O,
+//! read the environment or the clock; the roles and the store depend on it, never the other
+//! way round.
+//!
+//! Start with [`ZoneId`]: the tenant and trust boundary, validated once at the edge.
+
+mod ids;
+
+pub use ids::{InvalidId, ZoneId};

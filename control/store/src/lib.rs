@@ -1,0 +1,32 @@
+//! Postgres access for every Caracal role: one pool per login role, every SQL statement,
+//! the migration runner and zone-scoped transactions.
+//!
+//! What this crate owns:
+//! - [`ServiceRole`] and [`settings`]: which login role a service uses and how its pool is
+//!   sized and timed out, read from the environment once at start-up.
+//! - [`pool`]: building those pools (`search_path=caracal`, statement and
+//!   idle-in-transaction timeouts set as connection startup options).
+//! - [`zone`]: the only two ways a service reaches data, [`zone::zone_tx`] (row-level
+//!   security scoped to one zone) and [`zone::cross_zone_read`] (read only, `*`).
+//! - [`migrate`]: `caracal migrate` and `caracal migrate --verify`, with the embedded,
+//!   checksummed files of `migrations/`.
+//! - [`schema`]: the expected privilege matrix, row-level security and integrity objects,
+//!   shared by the verifier and the tests.
+//!
+//! What it must never do: set `caracal.zone_id` for longer than a transaction (so nothing
+//! leaks across pooled connections), print a connection URL or password, or use sqlx's own
+//! `_sqlx_migrations` table. `cargo build` needs no database: every query is checked at run
+//! time and exercised by a test against real Postgres.
+//!
+//! Start reading at [`migrate::migrate`] for the runner and [`zone::zone_tx`] for services.
+
+mod error;
+pub mod migrate;
+pub mod pool;
+mod role;
+pub mod schema;
+pub mod settings;
+pub mod zone;
+
+pub use error::{ConfigError, StoreError};
+pub use role::{MAINTENANCE_ROLE, OWNER_ROLE, ServiceRole};

@@ -1,0 +1,109 @@
+//! Zone-scoped and cross-zone transactions (§3.2): the only ways a service reaches
+//! row-level-secured data.
+//!
+//! [`zone_tx`] begins a transaction whose first statement is
+//! `set_config('caracal.zone_id', $1, true)`: transaction-local, so the setting ends with the
+//! transaction and cannot leak to the next user of a pooled connection, and bound as a
+//! parameter, so no zone id is ever spliced into SQL. Every query inside then sees only that
+//! zone's rows, and every write outside it fails the policy check.
+
+use std::ops::{Deref, DerefMut};
+
+use control_model::ZoneId;
+use sqlx::{PgConnection, PgPool, Postgres, Transaction};
+
+use crate::StoreError;
+
+/// The sentinel that opens the per-role `cross_zone_read` policies; never a zone id.
+pub const CROSS_ZONE: &str = "*";
+
+/// A transaction scoped to one zone. Dereferences to the connection; call
+/// [`ZoneTx::commit`] to keep its writes (dropping it rolls back).
+#[derive(Debug)]
+pub struct ZoneTx {
+    tx: Transaction<'static, Postgres>,
+    zone: ZoneId,
+}
+
+impl ZoneTx {
+    /// The zone this transaction is scoped to.
+    pub fn zone(&self) -> &ZoneId {
+        &self.zone
+    }
+
+    /// Commits the transaction.
+    pub async fn commit(self) -> Result<(), StoreError> {
+        self.tx.commit().await.map_err(StoreError::from)
+    }
+
+    /// Rolls the transaction back explicitly.
+    pub async fn rollback(self) -> Result<(), StoreError> {
+        self.tx.rollback().await.map_err(StoreError::from)
+    }
+}
+
+impl Deref for ZoneTx {
+    type Target = PgConnection;
+    fn deref(&self) -> &PgConnection {
+        &self.tx
+    }
+}
+
+impl DerefMut for ZoneTx {
+    fn deref_mut(&mut self) -> &mut PgConnection {
+        &mut self.tx
+    }
+}
+
+/// Begins a transaction in which row-level security admits `zone`'s rows only.
+pub async fn zone_tx(pool: &PgPool, zone: &ZoneId) -> Result<ZoneTx, StoreError> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("SELECT set_config('caracal.zone_id', $1, true)")
+        .bind(zone.as_str())
+        .execute(&mut *tx)
+        .await?;
+    Ok(ZoneTx {
+        tx,
+        zone: zone.clone(),
+    })
+}
+
+/// A read-only transaction across zones. Only the roles that the schema grants a
+/// `cross_zone_read` policy see rows in it; every other role sees none, and nobody can write.
+#[derive(Debug)]
+pub struct CrossZoneRead {
+    tx: Transaction<'static, Postgres>,
+}
+
+impl CrossZoneRead {
+    /// Ends the read.
+    pub async fn finish(self) -> Result<(), StoreError> {
+        self.tx.commit().await.map_err(StoreError::from)
+    }
+}
+
+impl Deref for CrossZoneRead {
+    type Target = PgConnection;
+    fn deref(&self) -> &PgConnection {
+        &self.tx
+    }
+}
+
+impl DerefMut for CrossZoneRead {
+    fn deref_mut(&mut self) -> &mut PgConnection {
+        &mut self.tx
+    }
+}
+
+/// Begins a `READ ONLY` transaction with `caracal.zone_id = '*'`.
+pub async fn cross_zone_read(pool: &PgPool) -> Result<CrossZoneRead, StoreError> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("SET TRANSACTION READ ONLY")
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("SELECT set_config('caracal.zone_id', $1, true)")
+        .bind(CROSS_ZONE)
+        .execute(&mut *tx)
+        .await?;
+    Ok(CrossZoneRead { tx })
+}

@@ -1,0 +1,76 @@
+//! The command line: subcommands and their arguments, and the one place that turns a
+//! command's outcome into an exit code and a line on stderr.
+
+use std::{path::PathBuf, process::ExitCode};
+
+use clap::{Parser, Subcommand};
+use control_ops::{ExitStatus, OpsError, keys, migrate};
+use control_store::settings::process_env;
+
+/// Caracal: an authorization layer for AI agents.
+#[derive(Debug, Parser)]
+#[command(name = "caracal", version, about, propagate_version = true)]
+pub(crate) struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Apply pending database migrations (or verify the schema with --verify).
+    ///
+    /// Connects with CARACAL_MIGRATE_DATABASE_URL, else DATABASE_URL. Exit codes: 0 ok,
+    /// 1 refused or drift, 2 configuration or connection error, 3 pending (--verify).
+    Migrate {
+        /// Report drift without changing anything.
+        #[arg(long)]
+        verify: bool,
+        /// Read migration files from this directory instead of the embedded ones
+        /// (development only).
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
+    /// Generate or check keys.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum KeysCommand {
+    /// Print fresh random ZONE_KEK, AUDIT_HMAC_KEY and STREAMS_HMAC_KEY as NAME=hex lines.
+    Generate,
+    /// Load ZONE_KEK and the HMAC keys the way the services do and print their ids.
+    Check,
+}
+
+pub(crate) async fn run(cli: Cli) -> ExitCode {
+    let mut stdout = std::io::stdout().lock();
+    let outcome = match cli.command {
+        Command::Migrate { verify, dir } => {
+            migrate::run(
+                &migrate::MigrateArgs { verify, dir },
+                &process_env,
+                &mut stdout,
+            )
+            .await
+        }
+        Command::Keys { command } => match command {
+            KeysCommand::Generate => keys::generate(&mut stdout),
+            KeysCommand::Check => keys::check(&process_env, &mut stdout),
+        },
+    };
+    exit(outcome)
+}
+
+fn exit(outcome: Result<ExitStatus, OpsError>) -> ExitCode {
+    let status = match outcome {
+        Ok(status) => status,
+        Err(err) => {
+            eprintln!("caracal: {err}");
+            err.exit_status()
+        }
+    };
+    ExitCode::from(status.code())
+}

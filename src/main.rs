@@ -1,0 +1,38 @@
+//! `caracal`: one binary, one subcommand per role and per operator task.
+//!
+//! `main` parses the command line, starts tracing, runs the chosen command and turns its
+//! outcome into an exit code. Failures print exactly one line on stderr, naming the problem
+//! and never a secret.
+
+mod cli;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = cli::Cli::parse();
+    init_tracing();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("caracal: cannot start the async runtime: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    runtime.block_on(cli::run(cli))
+}
+
+/// Logs go to stderr as text, filtered by `RUST_LOG` (default `warn` for operator commands).
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_no_filter| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}

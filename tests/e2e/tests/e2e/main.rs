@@ -1,0 +1,18 @@
+//! End-to-end tests against the machine's real Postgres (and, from later issues, Redis and
+//! the role servers). One binary, one module per area; every test creates its own database
+//! through `tests_harness::TestDb` and drops it afterwards.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test helpers outside #[test] functions fail loudly, like the tests themselves"
+)]
+
+mod fixtures;
+mod grants;
+mod integrity;
+mod migrate;
+mod partitions;
+mod pools;
+mod rls;
