@@ -253,3 +253,66 @@ async fn migrate_refuses_an_edited_file_from_dir_naming_it() -> anyhow::Result<(
     assert_one_line_error(&out, 1, "0005_policy.sql was edited after it was applied");
     Ok(())
 }
+
+#[tokio::test]
+async fn a_wrong_kek_is_refused_before_any_migration_runs() -> anyhow::Result<()> {
+    let db = TestDb::create().await?;
+    let url = db.url();
+    let out = caracal(
+        &["migrate"],
+        &[("DATABASE_URL", &url), ("ZONE_KEK", &"33".repeat(32))],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    let dir = std::env::temp_dir().join(format!("caracal-migrations-kek-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    for entry in std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations"))? {
+        let path = entry?.path();
+        if path.extension().is_some_and(|e| e == "sql") {
+            std::fs::copy(&path, dir.join(path.file_name().unwrap()))?;
+        }
+    }
+    let count = std::fs::read_dir(&dir)?.count();
+    std::fs::write(
+        dir.join(format!("{:04}_next.sql", count + 1)),
+        "CREATE TABLE must_not_exist (id int);\n",
+    )?;
+    let out = caracal(
+        &["migrate", "--dir", dir.to_str().unwrap()],
+        &[("DATABASE_URL", &url), ("ZONE_KEK", &"44".repeat(32))],
+    );
+    std::fs::remove_dir_all(&dir)?;
+    assert_one_line_error(&out, 1, "zone_kek_mismatch");
+    let created: bool =
+        sqlx::query_scalar("SELECT to_regclass('caracal.must_not_exist') IS NOT NULL")
+            .fetch_one(&mut db.admin().await?)
+            .await?;
+    assert!(!created, "nothing may change under a wrong KEK");
+    Ok(())
+}
+
+#[tokio::test]
+async fn two_first_runs_with_a_kek_both_succeed_with_one_canary() -> anyhow::Result<()> {
+    let db = TestDb::create().await?;
+    let url = db.url();
+    let kek = "55".repeat(32);
+    let spawn = || {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_caracal"));
+        cmd.arg("migrate")
+            .env("DATABASE_URL", &url)
+            .env("ZONE_KEK", &kek);
+        cmd.stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        cmd.spawn().expect("spawn")
+    };
+    let (a, b) = (spawn(), spawn());
+    let (a, b) = (a.wait_with_output()?, b.wait_with_output()?);
+    assert!(a.status.success(), "{}", stderr(&a));
+    assert!(b.status.success(), "{}", stderr(&b));
+    let sealed = [&a, &b]
+        .iter()
+        .filter(|o| stdout(o).contains("sealed the KEK canary"))
+        .count();
+    assert_eq!(sealed, 1, "exactly one run seals; the other checks");
+    Ok(())
+}

@@ -3,7 +3,7 @@
 
 use sqlx::{Connection, PgConnection, Row};
 
-use super::MigrateError;
+use super::{MigrateError, RolePassword};
 use crate::{
     ServiceRole,
     error::sqlstate,
@@ -23,7 +23,10 @@ pub(crate) struct BootstrapNotes {
     pub(crate) warnings: Vec<String>,
 }
 
-pub(crate) async fn ensure(conn: &mut PgConnection) -> Result<BootstrapNotes, MigrateError> {
+pub(crate) async fn ensure(
+    conn: &mut PgConnection,
+    passwords: &[RolePassword],
+) -> Result<BootstrapNotes, MigrateError> {
     let mut notes = BootstrapNotes::default();
     let can_create_roles: bool = sqlx::query_scalar(
         "SELECT rolsuper OR rolcreaterole FROM pg_roles WHERE rolname = current_user",
@@ -32,12 +35,18 @@ pub(crate) async fn ensure(conn: &mut PgConnection) -> Result<BootstrapNotes, Mi
     .await?;
     if can_create_roles {
         create_roles(conn).await?;
+        set_passwords(conn, passwords).await?;
     } else {
         notes.warnings.push(
             "the migrating user cannot create roles; verifying the existing ones only".to_owned(),
         );
+        if !passwords.is_empty() {
+            notes.warnings.push(
+                "role passwords were given but the migrating user cannot set them".to_owned(),
+            );
+        }
     }
-    verify_roles(conn).await?;
+    verify_roles(conn, &mut notes).await?;
     grant_owner_to_migrator(conn, &mut notes).await?;
     database_grants(conn, &mut notes).await?;
     schema(conn).await?;
@@ -71,9 +80,55 @@ async fn create_roles(conn: &mut PgConnection) -> Result<(), MigrateError> {
     Ok(())
 }
 
+/// Sets login passwords. `ALTER ROLE … PASSWORD` takes no bind parameters, so Postgres
+/// itself quotes the value (`format('%L')`); statement logging is switched off for the
+/// transaction when the migrating user may do so, and the server stores a SCRAM verifier.
+async fn set_passwords(
+    conn: &mut PgConnection,
+    passwords: &[RolePassword],
+) -> Result<(), MigrateError> {
+    for entry in passwords {
+        let mut tx = conn.begin().await?;
+        let superuser: bool =
+            sqlx::query_scalar("SELECT rolsuper FROM pg_roles WHERE rolname = current_user")
+                .fetch_one(&mut *tx)
+                .await?;
+        if superuser {
+            sqlx::raw_sql(
+                "SET LOCAL log_statement = 'none'; SET LOCAL log_min_duration_statement = -1; \
+                 SET LOCAL log_min_error_statement = 'panic'",
+            )
+            .execute(&mut *tx)
+            .await?;
+        }
+        let statement: String =
+            sqlx::query_scalar("SELECT format('ALTER ROLE %I PASSWORD %L', $1::text, $2::text)")
+                .bind(entry.role())
+                .bind(entry.password())
+                .fetch_one(&mut *tx)
+                .await?;
+        let statement = zeroize::Zeroizing::new(statement);
+        sqlx::raw_sql(statement.as_str())
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| {
+                MigrateError::Roles(format!(
+                    "cannot set the password of {}: {}",
+                    entry.role(),
+                    describe(&e)
+                ))
+            })?;
+        tx.commit().await?;
+    }
+    Ok(())
+}
+
 /// A service role with SUPERUSER or BYPASSRLS, or a member of `caracal_owner`, would pass
 /// row-level security: refuse (§2.2). The owner must not bypass RLS either.
-async fn verify_roles(conn: &mut PgConnection) -> Result<(), MigrateError> {
+async fn verify_roles(
+    conn: &mut PgConnection,
+    notes: &mut BootstrapNotes,
+) -> Result<(), MigrateError> {
     let rows = sqlx::query(
         "SELECT rolname, rolsuper, rolbypassrls, rolcanlogin, \
                 pg_has_role(rolname, $1, 'MEMBER') AS owner_member \
@@ -104,6 +159,10 @@ async fn verify_roles(conn: &mut PgConnection) -> Result<(), MigrateError> {
                 return Err(too_powerful("must be NOSUPERUSER NOBYPASSRLS"));
             }
             MAINTENANCE_ROLE if superuser => return Err(too_powerful("must not be a superuser")),
+            MAINTENANCE_ROLE if !bypass => notes.warnings.push(
+                "caracal_maintenance lacks BYPASSRLS: maintenance commands will see no zone rows"
+                    .to_owned(),
+            ),
             OWNER_ROLE | MAINTENANCE_ROLE => {}
             _ if superuser => {
                 return Err(too_powerful("is a superuser; service roles must not be"));

@@ -17,7 +17,7 @@ mod runner;
 mod verify;
 
 pub use files::{Migration, MigrationSet, MigrationSetError};
-pub use runner::{MigrateOptions, MigrateReport, migrate};
+pub use runner::{MigrateOptions, MigrateReport, RolePassword, migrate};
 pub use verify::{VerifyOutcome, VerifyReport, verify};
 
 /// `pg_advisory_lock` key held while migrating: `0x4341524130303030`, "CARA0000".

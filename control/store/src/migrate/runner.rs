@@ -17,6 +17,41 @@ pub struct MigrateOptions {
     pub connect_timeout: Duration,
     /// The version recorded in `schema_migrations.caracal_version`.
     pub caracal_version: String,
+    /// Login passwords to set on the Caracal roles (from `CARACAL_<ROLE>_DB_PASSWORD`).
+    pub role_passwords: Vec<RolePassword>,
+}
+
+/// A login role and the password `caracal migrate` sets for it. `Debug` never shows the
+/// password, and it is wiped from memory on drop.
+#[derive(Clone)]
+pub struct RolePassword {
+    role: String,
+    password: zeroize::Zeroizing<String>,
+}
+
+impl RolePassword {
+    /// A password for `role`.
+    pub fn new(role: &str, password: String) -> Self {
+        Self {
+            role: role.to_owned(),
+            password: zeroize::Zeroizing::new(password),
+        }
+    }
+
+    /// The role.
+    pub fn role(&self) -> &str {
+        &self.role
+    }
+
+    pub(crate) fn password(&self) -> &str {
+        &self.password
+    }
+}
+
+impl std::fmt::Debug for RolePassword {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "RolePassword({}, <redacted>)", self.role)
+    }
 }
 
 impl Default for MigrateOptions {
@@ -25,6 +60,7 @@ impl Default for MigrateOptions {
             lock_wait: Duration::from_secs(300),
             connect_timeout: Duration::from_secs(5),
             caracal_version: env!("CARGO_PKG_VERSION").to_owned(),
+            role_passwords: Vec::new(),
         }
     }
 }
@@ -103,7 +139,7 @@ async fn migrate_locked(
     set: &MigrationSet,
     run: &MigrateOptions,
 ) -> Result<MigrateReport, MigrateError> {
-    let notes = bootstrap::ensure(conn).await?;
+    let notes = bootstrap::ensure(conn, &run.role_passwords).await?;
     let applied = applied_versions(conn).await?;
     let pending = check_history(set, &applied)?;
 

@@ -221,3 +221,39 @@ async fn unreachable_database_is_a_connect_error() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn role_passwords_are_set_as_scram_verifiers_and_never_logged_in_errors() -> anyhow::Result<()>
+{
+    use control_store::migrate::RolePassword;
+    let db = TestDb::create().await?;
+    let options = MigrateOptions {
+        role_passwords: vec![RolePassword::new(
+            "caracal_coordinator",
+            "it's a s3cret".to_owned(),
+        )],
+        ..MigrateOptions::default()
+    };
+    assert!(
+        !format!("{options:?}").contains("s3cret"),
+        "Debug must redact"
+    );
+    migrate(&db.options(), &embedded(), &options).await?;
+    let mut admin = db.admin().await?;
+    let stored: Option<String> = sqlx::query_scalar(
+        "SELECT rolpassword FROM pg_authid WHERE rolname = 'caracal_coordinator'",
+    )
+    .fetch_one(&mut admin)
+    .await?;
+    // Roles are cluster-wide: put the test cluster back the way it was (trust auth).
+    sqlx::raw_sql("ALTER ROLE caracal_coordinator PASSWORD NULL")
+        .execute(&mut admin)
+        .await?;
+    let stored = stored.expect("a password was set");
+    assert!(
+        stored.starts_with("SCRAM-SHA-256$"),
+        "stored as a verifier, not plain text"
+    );
+    assert!(!stored.contains("s3cret"));
+    Ok(())
+}
