@@ -30,6 +30,11 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         dir: Option<PathBuf>,
     },
+    /// Run the token service (STS, default port 8080).
+    ///
+    /// Reads DATABASE_URL (as caracal_sts), REDIS_URL, ZONE_KEK, ISSUER_URL,
+    /// AUDIT_HMAC_KEY, CARACAL_STS_ADDR and the settings in docs/operations/sts.md.
+    Sts,
     /// Generate or check keys.
     Keys {
         #[command(subcommand)]
@@ -45,6 +50,16 @@ enum KeysCommand {
     Check,
 }
 
+impl Cli {
+    /// `info` for long-running roles, `warn` for operator commands.
+    pub(crate) fn default_log_filter(&self) -> &'static str {
+        match self.command {
+            Command::Sts => "info",
+            Command::Migrate { .. } | Command::Keys { .. } => "warn",
+        }
+    }
+}
+
 pub(crate) async fn run(cli: Cli) -> ExitCode {
     let mut stdout = std::io::stdout().lock();
     let outcome = match cli.command {
@@ -56,12 +71,46 @@ pub(crate) async fn run(cli: Cli) -> ExitCode {
             )
             .await
         }
+        Command::Sts => run_sts().await,
         Command::Keys { command } => match command {
             KeysCommand::Generate => keys::generate(&mut stdout),
             KeysCommand::Check => keys::check(&process_env, &mut stdout),
         },
     };
     exit(outcome)
+}
+
+/// Starts the STS and serves until SIGINT or SIGTERM.
+async fn run_sts() -> Result<ExitStatus, OpsError> {
+    let config = control_sts::StsConfig::from_lookup(&process_env)
+        .map_err(|e| OpsError::Config(e.to_string()))?;
+    control_sts::run(config, &process_env, shutdown_signal())
+        .await
+        .map_err(|e| OpsError::Unreachable(e.to_string()))?;
+    Ok(ExitStatus::Success)
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = interrupt => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_no_handler) => {
+                let _interrupted = interrupt.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _interrupted = interrupt.await;
+    }
 }
 
 fn exit(outcome: Result<ExitStatus, OpsError>) -> ExitCode {

@@ -12,7 +12,7 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
-    init_tracing();
+    init_tracing(cli.default_log_filter());
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -26,10 +26,11 @@ fn main() -> ExitCode {
     runtime.block_on(cli::run(cli))
 }
 
-/// Logs go to stderr as text, filtered by `RUST_LOG` (default `warn` for operator commands).
-fn init_tracing() {
+/// Logs go to stderr as text, filtered by `RUST_LOG` (default: `info` for roles, `warn`
+/// for operator commands, whose output is their own).
+fn init_tracing(default_filter: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_no_filter| tracing_subscriber::EnvFilter::new("warn"));
+        .unwrap_or_else(|_no_filter| tracing_subscriber::EnvFilter::new(default_filter));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

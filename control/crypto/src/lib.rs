@@ -26,6 +26,7 @@
 //! Test vectors live in `vectors/` and are checked by the tests.
 
 mod compare;
+mod jwt;
 mod kek;
 mod key_source;
 mod mac;
@@ -35,6 +36,7 @@ mod seal;
 mod stream_sig;
 
 pub use compare::ct_eq;
+pub use jwt::{JwtError, JwtHeader, MAX_TOKEN_BYTES, PublicKey, UnverifiedJwt, ZoneSigningKey};
 pub use kek::{
     DekId, KEK_LEN, Kek, KekParseError, KekRing, ZONE_KEK_PREVIOUS_VAR, ZONE_KEK_PROVIDER_VAR,
     ZONE_KEK_VAR,

@@ -6,8 +6,17 @@
 //! read the environment or the clock; the roles and the store depend on it, never the other
 //! way round.
 //!
-//! Start with [`ZoneId`]: the tenant and trust boundary, validated once at the edge.
+//! Start with [`ZoneId`] (the tenant and trust boundary, validated once at the edge),
+//! [`Denial`] and [`ErrorCode`] (every non-success outcome of the STS and the gateway), and
+//! [`MandateClaims`] (the JWT claim set of wire-contract §3.2).
 
+pub mod authority;
+mod catalog;
+mod claims;
 mod ids;
+mod request_id;
 
+pub use catalog::{Denial, ErrorCode};
+pub use claims::{ChainLink, MandateClaims, MandateUse, SubType};
 pub use ids::{InvalidId, ZoneId};
+pub use request_id::RequestId;

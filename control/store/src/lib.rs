@@ -18,14 +18,27 @@
 //! `_sqlx_migrations` table. `cargo build` needs no database: every query is checked at run
 //! time and exercised by a test against real Postgres.
 //!
+//! Query modules ([`applications`], [`approvals`], [`authority_records`], [`signing_keys`], [`policy_sets`],
+//! [`outbox`], [`delegation`], [`resources`]) each own the SQL of one part of the schema; every function
+//! takes the connection of a transaction the caller opened with [`zone::zone_tx`] or
+//! [`zone::cross_zone_read`].
+//!
 //! Start reading at [`migrate::migrate`] for the runner and [`zone::zone_tx`] for services.
 
+pub mod applications;
+pub mod approvals;
+pub mod authority_records;
+pub mod delegation;
 mod error;
 pub mod migrate;
+pub mod outbox;
+pub mod policy_sets;
 pub mod pool;
+pub mod resources;
 mod role;
 pub mod schema;
 pub mod settings;
+pub mod signing_keys;
 pub mod zone;
 
 pub use error::{ConfigError, StoreError};

@@ -68,6 +68,23 @@ pub async fn zone_tx(pool: &PgPool, zone: &ZoneId) -> Result<ZoneTx, StoreError>
     })
 }
 
+/// Begins a `REPEATABLE READ READ ONLY` transaction scoped to `zone`: one consistent
+/// snapshot for a group of reads (the STS's re-validation reads, authority §2.3).
+pub async fn zone_snapshot(pool: &PgPool, zone: &ZoneId) -> Result<ZoneTx, StoreError> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("SELECT set_config('caracal.zone_id', $1, true)")
+        .bind(zone.as_str())
+        .execute(&mut *tx)
+        .await?;
+    Ok(ZoneTx {
+        tx,
+        zone: zone.clone(),
+    })
+}
+
 /// A read-only transaction across zones. Only the roles that the schema grants a
 /// `cross_zone_read` policy see rows in it; every other role sees none, and nobody can write.
 #[derive(Debug)]

@@ -6,6 +6,10 @@
 //! role, and drops the database when it goes out of scope. Tests never touch any other
 //! database. Later issues add the role servers on `127.0.0.1:0` and echo upstreams here.
 
+pub mod http;
+pub mod provision;
+pub mod sts;
+
 use std::{str::FromStr, time::Duration};
 
 use anyhow::Context as _;
@@ -19,6 +23,17 @@ use sqlx::{
     ConnectOptions, Connection, PgConnection, PgPool,
     postgres::{PgConnectOptions, PgPoolOptions},
 };
+
+/// Sends the servers' logs to the test output (`RUST_LOG`, default `warn`); call at the
+/// start of a test. Safe to call more than once.
+pub fn init_logs() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_unset| tracing_subscriber::EnvFilter::new("warn"));
+    let _already = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_test_writer()
+        .try_init();
+}
 
 /// Prefix of every database the harness creates; `make test` drops leftovers with it.
 pub const TEST_DB_PREFIX: &str = "caracal_test_";

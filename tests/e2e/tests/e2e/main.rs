@@ -16,3 +16,4 @@ mod migrate;
 mod partitions;
 mod pools;
 mod rls;
+mod sts;

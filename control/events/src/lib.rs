@@ -1,0 +1,27 @@
+//! Caracal events: what travels through Redis.
+//!
+//! This crate owns:
+//! - the names of every Redis stream, stream field, consumer group and
+//!   Redis key pattern ([`streams`], `storage-and-events.md` §6);
+//! - the audit emitter shared by the STS and the gateway ([`audit`], §9):
+//!   the producer's event ([`audit::AuditEvent`], §8.1) and its `sig`,
+//!   audit slots reserved at admission, the batching writer with its Redis
+//!   circuit, fsynced NDJSON replay segments, their crash recovery and
+//!   quarantine, and the continuous replayer.
+//!
+//! It must never:
+//! - make a caller await Redis, or fail a caller's emission once a slot is
+//!   reserved (a full queue spills synchronously; refusal happens only at
+//!   reservation, when neither Redis nor the replay volume can take events);
+//! - drop an accepted event silently: every loss is logged and counted, and
+//!   `/ready` reports it; an unparseable replay line is quarantined, never
+//!   discarded;
+//! - count an event accepted before Redis acknowledged it or its segment
+//!   write was fdatasynced;
+//! - trim the audit stream (no `MAXLEN`) or re-serialise a signed event;
+//! - use an unbounded queue, panic, or log key material.
+//!
+//! Start reading at [`audit::AuditEmitter`].
+
+pub mod audit;
+pub mod streams;

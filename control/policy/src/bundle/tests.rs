@@ -1,0 +1,425 @@
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::json;
+
+use super::*;
+use crate::input::{Action, Context, DelegationEdge, Principal, Resource, SCHEMA_VERSION};
+
+const GRANTS_A: &str = r#"package caracal.authz
+
+import rego.v1
+
+# caracal:data-document
+
+app_ids := {"crm": "app-crm"}
+
+grants["resource://crm"] := {"application": "crm", "roles": {"reader": ["crm:read"]}}
+"#;
+
+const GRANTS_B: &str = r#"package caracal.authz
+
+import rego.v1
+
+# caracal:data-document
+
+grants["resource://billing"] := {"application": "crm", "roles": {"reader": ["billing:read"]}}
+
+restrict contains x if {
+	some x in []
+}
+"#;
+
+fn document(id: &str, content: &str) -> PolicyDocument {
+    PolicyDocument {
+        id: id.to_owned(),
+        content: content.to_owned(),
+        content_sha256: content_sha256(content),
+        schema_version: SCHEMA_VERSION.to_owned(),
+    }
+}
+
+fn source(documents: Vec<PolicyDocument>) -> BundleSource {
+    let manifest: Vec<String> = documents.iter().map(|d| d.id.clone()).collect();
+    BundleSource {
+        policy_set_id: "ps-1".to_owned(),
+        policy_set_version_id: "psv-1".to_owned(),
+        manifest_sha256: manifest_sha256(&manifest),
+        manifest,
+        documents,
+    }
+}
+
+fn data_document(body: &str) -> String {
+    format!("package caracal.authz\n\nimport rego.v1\n\n# caracal:data-document\n\n{body}\n")
+}
+
+fn build(contents: &[&str]) -> Result<Bundle, BundleError> {
+    let documents = contents
+        .iter()
+        .enumerate()
+        .map(|(index, content)| document(&format!("pv-{index}"), content))
+        .collect();
+    Bundle::build(source(documents), &PolicyConfig::default())
+}
+
+fn bad_shape_root(result: Result<Bundle, BundleError>) -> String {
+    match result {
+        Err(BundleError::BadShape { root, .. }) => root,
+        other => panic!("expected a shape rejection, got {other:?}"),
+    }
+}
+
+fn mint_input(requested: Vec<String>) -> PolicyInput {
+    PolicyInput::new(
+        Principal::application("app-crm", "zone-1").with_agent_session("as-1", "task", ["reader"]),
+        Resource::new("res-1", "resource://crm", ["crm:read"]),
+        Action::token_exchange(),
+        Context::for_client("app-crm")
+            .with_agent_session_id("as-1")
+            .with_requested_scopes(requested.clone()),
+    )
+    .with_delegation_edge(DelegationEdge::new("edge-1", requested))
+}
+
+#[test]
+fn a_bundle_records_its_provenance_and_the_contract_identity() {
+    let bundle = build(&[GRANTS_A]).unwrap();
+    let expected_manifest = manifest_sha256(&["pv-0"]);
+    assert_eq!(
+        bundle.provenance(),
+        &Provenance {
+            policy_set_id: "ps-1".into(),
+            policy_set_version_id: "psv-1".into(),
+            manifest_sha256: expected_manifest,
+            contract_version: "2026-07-12".into(),
+            contract_sha256: contract_sha256(),
+        }
+    );
+    assert!(!bundle.is_deny_all());
+}
+
+#[test]
+fn incremental_rules_across_documents_materialize_into_one_root_and_sets_become_arrays() {
+    let bundle = build(&[GRANTS_A, GRANTS_B]).unwrap();
+    assert_eq!(
+        bundle.data(),
+        &json!({
+            "app_ids": {"crm": "app-crm"},
+            "grants": {
+                "resource://billing": {"application": "crm", "roles": {"reader": ["billing:read"]}},
+                "resource://crm": {"application": "crm", "roles": {"reader": ["crm:read"]}}
+            },
+            "restrict": []
+        })
+    );
+}
+
+#[test]
+fn roots_may_be_computed_from_other_roots() {
+    let content = data_document(
+        "app_ids := {\"crm\": \"app-crm\"}\n\nrisk := [{\"scope\": sprintf(\"%s:read\", [k]), \"tier\": \"low\"} | some k, _ in data.caracal.authz.app_ids]",
+    );
+    let bundle = build(&[&content]).unwrap();
+    assert_eq!(
+        bundle.data()["risk"],
+        json!([{"scope": "crm:read", "tier": "low"}])
+    );
+}
+
+#[test]
+fn deny_all_answers_the_fixed_document_with_empty_provenance() {
+    let fallback = Bundle::deny_all();
+    assert!(fallback.is_deny_all());
+    assert_eq!(
+        fallback.provenance(),
+        &Provenance {
+            policy_set_id: String::new(),
+            policy_set_version_id: String::new(),
+            manifest_sha256: String::new(),
+            contract_version: CONTRACT_VERSION.to_owned(),
+            contract_sha256: contract_sha256(),
+        }
+    );
+    let decision = fallback
+        .evaluate(&mint_input(vec!["crm:read".into()]))
+        .unwrap();
+    assert_eq!(
+        decision.to_result_document(),
+        json!({"decision":"deny","evaluation_status":"complete","determining_policies":[],"diagnostics":[{"reason":"no_active_policy_set"}]})
+    );
+}
+
+#[test]
+fn a_content_hash_mismatch_rejects_the_bundle() {
+    let mut tampered = document("pv-0", GRANTS_A);
+    tampered.content.push_str("\nrestrict := []\n");
+    let err = Bundle::build(source(vec![tampered]), &PolicyConfig::default()).unwrap_err();
+    assert!(
+        matches!(err, BundleError::ContentHashMismatch { ref policy_version_id, .. } if policy_version_id == "pv-0"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_manifest_hash_mismatch_rejects_the_bundle() {
+    let mut source = source(vec![document("pv-0", GRANTS_A), document("pv-1", GRANTS_B)]);
+    source.manifest.reverse();
+    let err = Bundle::build(source, &PolicyConfig::default()).unwrap_err();
+    assert!(
+        matches!(err, BundleError::ManifestHashMismatch { .. }),
+        "{err}"
+    );
+}
+
+#[test]
+fn manifests_must_name_one_to_256_unique_supplied_versions() {
+    let empty = source(Vec::new());
+    assert!(matches!(
+        Bundle::build(empty, &PolicyConfig::default()),
+        Err(BundleError::ManifestSize { count: 0 })
+    ));
+
+    let too_many: Vec<PolicyDocument> = (0..257)
+        .map(|i| document(&format!("pv-{i}"), GRANTS_A))
+        .collect();
+    assert!(matches!(
+        Bundle::build(source(too_many), &PolicyConfig::default()),
+        Err(BundleError::ManifestSize { count: 257 })
+    ));
+
+    let mut duplicate = source(vec![document("pv-0", GRANTS_A)]);
+    duplicate.manifest.push("pv-0".into());
+    duplicate.manifest_sha256 = manifest_sha256(&duplicate.manifest);
+    assert!(matches!(
+        Bundle::build(duplicate, &PolicyConfig::default()),
+        Err(BundleError::DuplicateManifestEntry { .. })
+    ));
+
+    let mut missing = source(vec![document("pv-0", GRANTS_A)]);
+    missing.manifest.push("pv-9".into());
+    missing.manifest_sha256 = manifest_sha256(&missing.manifest);
+    assert!(matches!(
+        Bundle::build(missing, &PolicyConfig::default()),
+        Err(BundleError::MissingDocument { ref policy_version_id }) if policy_version_id == "pv-9"
+    ));
+
+    let mut extra = source(vec![document("pv-0", GRANTS_A)]);
+    extra.documents.push(document("pv-7", GRANTS_B));
+    assert!(matches!(
+        Bundle::build(extra, &PolicyConfig::default()),
+        Err(BundleError::UnexpectedDocument { ref policy_version_id }) if policy_version_id == "pv-7"
+    ));
+
+    let mut twice = source(vec![document("pv-0", GRANTS_A)]);
+    twice.documents.push(document("pv-0", GRANTS_A));
+    assert!(matches!(
+        Bundle::build(twice, &PolicyConfig::default()),
+        Err(BundleError::UnexpectedDocument { .. })
+    ));
+}
+
+#[test]
+fn an_invalid_document_rejects_the_bundle_with_its_validation_code() {
+    let reads_input = data_document("restrict contains x if {\n\tx := input.principal\n}");
+    match build(&[GRANTS_A, &reads_input]) {
+        Err(BundleError::InvalidDocument {
+            policy_version_id,
+            source,
+        }) => {
+            assert_eq!(policy_version_id, "pv-1");
+            assert_eq!(source.code(), "input_reference_not_allowed");
+        }
+        other => panic!("expected an invalid document, got {other:?}"),
+    }
+
+    let mut old_schema = document("pv-0", GRANTS_A);
+    old_schema.schema_version = "2025-01-01".into();
+    match Bundle::build(source(vec![old_schema]), &PolicyConfig::default()) {
+        Err(BundleError::InvalidDocument { source, .. }) => {
+            assert_eq!(source.code(), "unsupported_schema_version:2025-01-01");
+        }
+        other => panic!("expected an invalid document, got {other:?}"),
+    }
+}
+
+#[test]
+fn two_complete_rules_with_different_values_reject_the_bundle() {
+    let first = data_document("restrict := [\"a\"]");
+    let second = data_document("restrict := [\"b\"]");
+    let err = build(&[&first, &second]).unwrap_err();
+    assert!(matches!(err, BundleError::Materialization { .. }), "{err}");
+
+    let one_module = data_document(
+        "risk := [] if true\n\nrisk := [{\"scope\": \"a\", \"tier\": \"b\"}] if true",
+    );
+    let err = build(&[&one_module]).unwrap_err();
+    assert!(matches!(err, BundleError::Materialization { .. }), "{err}");
+}
+
+#[test]
+fn materialization_stops_at_its_time_limit() {
+    let slow = data_document(
+        "restrict := [1 |\n\tsome i in numbers.range(1, 20000)\n\tsome j in numbers.range(1, 20000)\n\ti == j + 50000\n]",
+    );
+    match build(&[&slow]) {
+        Err(BundleError::Materialization {
+            source: EvalError::TimedOut { limit },
+        }) => assert_eq!(limit, MATERIALIZATION_LIMIT),
+        other => panic!("expected a materialization timeout, got {other:?}"),
+    }
+}
+
+#[test]
+fn roots_of_the_wrong_type_reject_the_bundle() {
+    let cases = [
+        ("app_ids", "app_ids := [\"crm\"]"),
+        ("grants", "grants := \"crm\""),
+        ("confinement", "confinement := {\"label_prefix\": \"x\"}"),
+        ("risk", "risk := {\"scope\": \"a\", \"tier\": \"b\"}"),
+        ("approval_tiers", "approval_tiers := {\"tier\": \"high\"}"),
+    ];
+    for (root, body) in cases {
+        assert_eq!(
+            bad_shape_root(build(&[&data_document(body)])),
+            root,
+            "{body}"
+        );
+    }
+}
+
+#[test]
+fn a_scalar_restrict_rejects_the_bundle() {
+    for body in [
+        "restrict := true",
+        "restrict := \"frozen\"",
+        "restrict := 1",
+        "restrict := null",
+    ] {
+        assert_eq!(
+            bad_shape_root(build(&[&data_document(body)])),
+            "restrict",
+            "{body}"
+        );
+    }
+    for body in ["restrict := {}", "restrict := {\"k\": 1}", "restrict := []"] {
+        assert!(build(&[&data_document(body)]).is_ok(), "{body}");
+    }
+}
+
+#[test]
+fn malformed_risk_entries_and_a_scope_with_two_tiers_reject_the_bundle() {
+    let cases = [
+        "risk := [{\"scope\": \"crm:read\"}]",
+        "risk := [{\"scope\": \"\", \"tier\": \"high\"}]",
+        "risk := [\"crm:read\"]",
+        "risk := [{\"scope\": \"crm:read\", \"tier\": \"high\"}, {\"scope\": \"crm:read\", \"tier\": \"low\"}]",
+    ];
+    for body in cases {
+        assert_eq!(
+            bad_shape_root(build(&[&data_document(body)])),
+            "risk",
+            "{body}"
+        );
+    }
+}
+
+#[test]
+fn invalid_approval_tiers_reject_the_bundle() {
+    let cases = [
+        "approval_tiers := [{\"approver\": \"subject\"}]",
+        "approval_tiers := [{\"tier\": \"high\", \"approver\": \"admin\"}]",
+        "approval_tiers := [{\"tier\": \"high\", \"privacy\": \"public\"}]",
+        "approval_tiers := [{\"tier\": \"high\", \"ttl_seconds\": 0}]",
+        "approval_tiers := [{\"tier\": \"high\", \"ttl_seconds\": 2.5}]",
+    ];
+    for body in cases {
+        assert_eq!(
+            bad_shape_root(build(&[&data_document(body)])),
+            "approval_tiers",
+            "{body}"
+        );
+    }
+}
+
+#[test]
+fn a_bundle_evaluation_past_the_time_limit_is_an_error_not_an_allow() {
+    let heavy = data_document(concat!(
+        "app_ids := {\"crm\": \"app-crm\"}\n\n",
+        "grants[\"resource://crm\"] := {\"application\": \"crm\", \"roles\": {\"reader\": [sprintf(\"s:%d\", [i]) | some i in numbers.range(1, 3000)]}}\n\n",
+        "risk := [{\"scope\": sprintf(\"s:%d\", [i]), \"tier\": \"t\"} | some i in numbers.range(1, 3000)]",
+    ));
+    let config = PolicyConfig::with_eval_timeout_ms(1).unwrap();
+    let documents = vec![document("pv-0", &heavy)];
+    let bundle = Bundle::build(source(documents), &config).unwrap();
+    let requested: Vec<String> = (1..=3000).map(|i| format!("s:{i}")).collect();
+    let err = bundle.evaluate(&mint_input(requested)).unwrap_err();
+    assert!(
+        matches!(err, EvalError::TimedOut { limit } if limit == Duration::from_millis(1)),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn a_bundle_is_shared_across_threads_and_decides_the_same_everywhere() {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<Bundle>();
+
+    let bundle = Arc::new(build(&[GRANTS_A]).unwrap());
+    let input = mint_input(vec!["crm:read".into()]);
+    let expected = bundle.evaluate(&input).unwrap();
+    assert!(expected.is_allow());
+    let handles: Vec<_> = (0..4)
+        .map(|_| {
+            let bundle = Arc::clone(&bundle);
+            let input = input.clone();
+            std::thread::spawn(move || {
+                (0..20)
+                    .map(|_| bundle.evaluate(&input).unwrap())
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    for handle in handles {
+        for decision in handle.join().unwrap() {
+            assert_eq!(decision, expected);
+        }
+    }
+}
+
+#[test]
+fn evaluations_do_not_leak_state_into_each_other() {
+    let bundle = build(&[GRANTS_A]).unwrap();
+    let allowed = mint_input(vec!["crm:read".into()]);
+    let mut denied = allowed.clone();
+    denied.principal.id = "app-other".into();
+    for _ in 0..3 {
+        assert!(bundle.evaluate(&allowed).unwrap().is_allow());
+        assert_eq!(
+            bundle.evaluate(&denied).unwrap().deny_reason(),
+            Some("resource_not_granted")
+        );
+    }
+}
+
+#[test]
+fn expressions_at_the_depth_bound_build_and_evaluate_on_a_small_stack() {
+    // The validation bound keeps regorus's recursive walks well inside a 2 MiB thread stack.
+    let sum = vec!["1"; 120].join(" + ");
+    let refs = format!("data.caracal.authz.app_ids{}", ".x".repeat(120));
+    let content = data_document(&format!(
+        "app_ids := {{\"crm\": \"app-crm\"}}\n\nrestrict := [x | x := {sum}; x < 0]\n\nrisk := [y | y := {refs}]"
+    ));
+    let handle = std::thread::Builder::new()
+        .stack_size(2 * 1024 * 1024)
+        .spawn(move || {
+            let bundle = build(&[&content]).unwrap();
+            assert_eq!(bundle.data()["restrict"], json!([]));
+            bundle
+                .evaluate(&mint_input(vec!["crm:read".into()]))
+                .unwrap()
+        })
+        .unwrap();
+    let decision = handle.join().unwrap();
+    assert_eq!(decision.deny_reason(), Some("resource_not_granted"));
+}

@@ -1,0 +1,334 @@
+//! The contract evaluated directly over hand-made data (rows a bundle build would reject), the
+//! start-up self check, and the regorus behaviours of settled point 16.
+
+use std::time::Duration;
+
+use serde_json::{Value as Json, json};
+
+use super::*;
+use crate::config::timer;
+
+fn decide(authz: Json, input: Json) -> Result<Decision, EvalError> {
+    decide_with(authz, input, &PolicyConfig::default())
+}
+
+fn decide_with(authz: Json, input: Json, config: &PolicyConfig) -> Result<Decision, EvalError> {
+    let engine = build_evaluation_engine(authz, config)?;
+    evaluate_prepared(&engine, to_regorus_value(input)?)
+}
+
+fn grants() -> Json {
+    json!({
+        "app_ids": {"crm": "app-crm"},
+        "grants": {"resource://crm": {"application": "crm", "roles": {"reader": ["crm:read"]}}}
+    })
+}
+
+fn with_root(root: &str, value: Json) -> Json {
+    let mut data = grants();
+    data[root] = value;
+    data
+}
+
+fn mint_input() -> Json {
+    json!({
+        "schema_version": "2026-05-20",
+        "principal": {"type": "Application", "id": "app-crm", "zone_id": "z",
+                      "agent_session_id": "as-1", "lifecycle": "task", "labels": ["reader"]},
+        "resource": {"type": "Resource", "id": "r-1", "identifier": "resource://crm", "scopes": ["crm:read"]},
+        "action": {"id": "TokenExchange"},
+        "delegation_edge": {"id": "e-1", "scopes": ["crm:read"], "constraints_json": {}},
+        "context": {"actor_claims": {"caracal_client_id": "app-crm"}, "agent_session_id": "as-1",
+                    "challenge_resolved": false, "requested_scopes": ["crm:read"]}
+    })
+}
+
+fn workload_input() -> Json {
+    json!({
+        "schema_version": "2026-05-20",
+        "principal": {"type": "Workload", "id": "wl-1", "zone_id": "z"},
+        "resource": {"type": "Resource", "id": "r-1", "identifier": "resource://crm", "scopes": ["crm:read"]},
+        "action": {"id": "CredentialInjection"},
+        "context": {"actor_claims": {}, "challenge_resolved": false, "requested_scopes": []}
+    })
+}
+
+fn reason(decision: &Decision) -> Option<&str> {
+    decision.deny_reason()
+}
+
+#[test]
+fn contract_identity_is_the_version_and_the_hash_of_the_embedded_text() {
+    assert_eq!(CONTRACT_VERSION, "2026-07-12");
+    let hash = contract_sha256();
+    assert_eq!(hash.len(), 64);
+    assert!(
+        hash.chars()
+            .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
+    );
+    assert_eq!(hash, hex::encode(Sha256::digest(CONTRACT_REGO.as_bytes())));
+    assert!(CONTRACT_REGO.contains("package caracal.authz"));
+}
+
+#[test]
+fn self_check_gets_the_default_deny() {
+    self_check().unwrap();
+}
+
+#[test]
+fn the_well_formed_mint_allows_over_hand_made_data() {
+    let decision = decide(grants(), mint_input()).unwrap();
+    assert!(decision.is_allow(), "{decision:?}");
+    assert_eq!(decision.determining_policies, vec!["caracal-crm-mint"]);
+}
+
+#[test]
+fn risk_that_is_not_an_array_is_malformed_risk_data() {
+    for risk in [
+        json!({"scope": "crm:read", "tier": "high"}),
+        json!("high"),
+        json!(null),
+    ] {
+        let decision = decide(with_root("risk", risk), mint_input()).unwrap();
+        assert_eq!(reason(&decision), Some("malformed_risk_data"));
+    }
+}
+
+#[test]
+fn a_risk_entry_without_scope_or_tier_is_malformed_risk_data() {
+    for entry in [
+        json!("crm:read"),
+        json!({"scope": "crm:read"}),
+        json!({"scope": "", "tier": "high"}),
+        json!({"scope": "crm:read", "tier": 1}),
+    ] {
+        let decision = decide(with_root("risk", json!([entry])), mint_input()).unwrap();
+        assert_eq!(reason(&decision), Some("malformed_risk_data"), "{entry}");
+    }
+}
+
+#[test]
+fn a_scope_with_two_tiers_is_malformed_risk_data_not_a_conflict_error() {
+    let risk = json!([
+        {"scope": "crm:read", "tier": "high"},
+        {"scope": "crm:read", "tier": "low"}
+    ]);
+    for input in [mint_input(), workload_input()] {
+        let decision = decide(with_root("risk", risk.clone()), input).unwrap();
+        assert_eq!(reason(&decision), Some("malformed_risk_data"));
+    }
+    // The same tier twice is not a conflict.
+    let risk = json!([
+        {"scope": "crm:read", "tier": "high"},
+        {"scope": "crm:read", "tier": "high"}
+    ]);
+    let decision = decide(with_root("risk", risk), mint_input()).unwrap();
+    assert!(decision.is_allow(), "{decision:?}");
+}
+
+#[test]
+fn malformed_risk_does_not_deny_shapes_other_than_mint_and_workload() {
+    let data = with_root("risk", json!("broken"));
+    let bootstrap = json!({
+        "principal": {"type": "Application", "id": "app-crm", "zone_id": "z"},
+        "resource": {"type": "Resource", "id": "r-1", "identifier": "resource://crm", "scopes": []},
+        "action": {"id": "TokenExchange"},
+        "context": {"actor_claims": {}, "challenge_resolved": false, "requested_scopes": ["agent:lifecycle"]}
+    });
+    let decision = decide(data, bootstrap).unwrap();
+    assert_eq!(decision.determining_policies, vec!["caracal-bootstrap"]);
+}
+
+#[test]
+fn invalid_approval_declarations_are_malformed_approval_data() {
+    let invalid = [
+        json!({"tier": "high"}),
+        json!([{"approver": "operator"}]),
+        json!(["high"]),
+        json!([{"tier": ""}]),
+        json!([{"tier": "high", "approver": "root"}]),
+        json!([{"tier": "high", "approver": null}]),
+        json!([{"tier": "high", "privacy": "public"}]),
+        json!([{"tier": "high", "ttl_seconds": 0}]),
+        json!([{"tier": "high", "ttl_seconds": -60}]),
+        json!([{"tier": "high", "ttl_seconds": 1.5}]),
+        json!([{"tier": "high", "ttl_seconds": "600"}]),
+    ];
+    for tiers in invalid {
+        for input in [mint_input(), workload_input()] {
+            let decision = decide(with_root("approval_tiers", tiers.clone()), input).unwrap();
+            assert_eq!(
+                reason(&decision),
+                Some("malformed_approval_data"),
+                "{tiers}"
+            );
+        }
+    }
+}
+
+#[test]
+fn valid_approval_declarations_use_their_defaults() {
+    let tiers = json!([
+        {"tier": "high"},
+        {"tier": "mid", "approver": "any", "privacy": "anonymous", "ttl_seconds": 60.0},
+        {"tier": "low", "approver": "subject", "privacy": "pseudonymous", "ttl_seconds": 1}
+    ]);
+    let decision = decide(with_root("approval_tiers", tiers), mint_input()).unwrap();
+    assert!(decision.is_allow(), "{decision:?}");
+}
+
+#[test]
+fn malformed_risk_is_checked_before_malformed_approval() {
+    let mut data = with_root("risk", json!("x"));
+    data["approval_tiers"] = json!("y");
+    let decision = decide(data, mint_input()).unwrap();
+    assert_eq!(reason(&decision), Some("malformed_risk_data"));
+}
+
+#[test]
+fn restriction_is_checked_before_malformed_data() {
+    let mut data = with_root("risk", json!("x"));
+    data["restrict"] = json!(["maintenance"]);
+    let decision = decide(data, mint_input()).unwrap();
+    assert_eq!(reason(&decision), Some("restriction_active"));
+}
+
+#[test]
+fn a_scalar_restrict_freezes_the_zone_in_the_contract() {
+    for restrict in [json!(true), json!("frozen"), json!(0), json!(null)] {
+        let decision = decide(with_root("restrict", restrict), mint_input()).unwrap();
+        assert_eq!(reason(&decision), Some("restriction_active"));
+    }
+    for restrict in [json!([]), json!({})] {
+        let decision = decide(with_root("restrict", restrict), mint_input()).unwrap();
+        assert!(decision.is_allow());
+    }
+}
+
+#[test]
+fn an_evaluation_past_the_time_limit_is_an_error_not_an_allow() {
+    let scopes: Vec<String> = (0..5_000).map(|i| format!("s:{i}")).collect();
+    let risk: Vec<Json> = scopes
+        .iter()
+        .map(|scope| json!({"scope": scope, "tier": "t"}))
+        .collect();
+    let data = json!({
+        "app_ids": {"crm": "app-crm"},
+        "grants": {"resource://crm": {"application": "crm", "roles": {"reader": scopes}}},
+        "risk": risk
+    });
+    let mut input = mint_input();
+    input["context"]["requested_scopes"] = json!(scopes);
+    input["delegation_edge"]["scopes"] = json!(scopes);
+    let config = PolicyConfig::with_eval_timeout_ms(1).unwrap();
+    let err = decide_with(data, input, &config).unwrap_err();
+    assert!(
+        matches!(err, EvalError::TimedOut { limit } if limit == Duration::from_millis(1)),
+        "{err:?}"
+    );
+}
+
+// Settled point 16: the regorus behaviours the contract relies on, at the pinned version.
+
+#[test]
+fn regorus_serves_data_under_caracal_authz_next_to_the_contract_rules() {
+    let engine = build_evaluation_engine(grants(), &PolicyConfig::default()).unwrap();
+    let mut engine = engine.clone();
+    // Data is readable at its path although the package also defines rules (eval_rule only
+    // takes rule paths, so this reads it with a query)...
+    let results = engine
+        .eval_query("data.caracal.authz.app_ids".to_owned(), false)
+        .unwrap();
+    assert_eq!(
+        results.result[0].expressions[0].value,
+        to_regorus_value(json!({"crm": "app-crm"})).unwrap()
+    );
+    // ...and the package's rules read it.
+    engine.set_input(to_regorus_value(mint_input()).unwrap());
+    let keys = engine
+        .eval_rule("data.caracal.authz.keys".to_owned())
+        .unwrap();
+    assert_eq!(serde_json::to_value(&keys).unwrap(), json!(["crm"]));
+    // The result rule is defined over the same data.
+    let result = engine.eval_rule(RESULT_RULE.to_owned()).unwrap();
+    assert!(Decision::from_result(&result).unwrap().is_allow());
+}
+
+#[test]
+fn regorus_accepts_import_rego_v1() {
+    let mut engine = new_engine();
+    engine
+        .add_policy(
+            "v1.rego".to_owned(),
+            "package t\n\nimport rego.v1\n\nxs contains x if {\n\tsome x in [1, 2]\n}\n\ny := 1 if 2 in xs\n"
+                .to_owned(),
+        )
+        .unwrap();
+    assert_eq!(
+        engine.eval_rule("data.t.y".to_owned()).unwrap(),
+        regorus::Value::from(1_u64)
+    );
+    assert!(CONTRACT_REGO.contains("\nimport rego.v1\n"));
+}
+
+#[test]
+fn regorus_sorts_sets_deterministically() {
+    let policy = |order: &str| {
+        format!(
+            "package t\n\nimport rego.v1\n\nitems contains x if {{\n\tsome x in {order}\n}}\n\nsorted := sort(items)\n"
+        )
+    };
+    let orders = [
+        r#"[{"tier": "b"}, {"tier": "a", "approver": "subject"}, {"tier": "a"}, "z", 3]"#,
+        r#"[3, "z", {"tier": "a"}, {"tier": "b"}, {"tier": "a", "approver": "subject"}]"#,
+    ];
+    let mut results = Vec::new();
+    for order in orders {
+        let mut engine = new_engine();
+        engine
+            .add_policy("s.rego".to_owned(), policy(order))
+            .unwrap();
+        for _ in 0..3 {
+            let sorted = engine.eval_rule("data.t.sorted".to_owned()).unwrap();
+            results.push(serde_json::to_value(&sorted).unwrap());
+        }
+    }
+    assert!(results.windows(2).all(|pair| pair[0] == pair[1]));
+    assert_eq!(
+        results[0],
+        json!([3, "z", {"approver": "subject", "tier": "a"}, {"tier": "a"}, {"tier": "b"}])
+    );
+}
+
+#[test]
+fn regorus_execution_timer_stops_a_long_evaluation() {
+    let mut engine = new_engine();
+    engine
+        .add_policy(
+            "slow.rego".to_owned(),
+            "package t\n\nimport rego.v1\n\nn := count([x | some i in numbers.range(1, 10000000); x := i * 2])\n"
+                .to_owned(),
+        )
+        .unwrap();
+    engine.set_execution_timer_config(timer(Duration::from_millis(1)));
+    let err = engine.eval_rule("data.t.n".to_owned()).unwrap_err();
+    assert!(
+        matches!(engine_error(err), EvalError::TimedOut { .. }),
+        "the timer must stop the evaluation"
+    );
+}
+
+#[test]
+fn regorus_with_strict_builtin_errors_off_makes_a_failing_builtin_undefined() {
+    let mut engine = new_engine();
+    engine
+        .add_policy(
+            "b.rego".to_owned(),
+            "package t\n\nimport rego.v1\n\ndefault v := \"fallback\"\n\nv := to_number(\"not a number\")\n".to_owned(),
+        )
+        .unwrap();
+    assert_eq!(
+        engine.eval_rule("data.t.v".to_owned()).unwrap(),
+        regorus::Value::from("fallback")
+    );
+}

@@ -1,0 +1,413 @@
+//! The policy input document, schema `2026-05-20` (`authority-and-policy.md` §5.3).
+//!
+//! Absent and `null` differ in Rego and the contract tests for presence, so every omission rule
+//! of §5.3 is a `skip_serializing_if` here, and the golden tests pin the exact JSON.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+/// The policy input schema version, also the only accepted adopter-document `schema_version`.
+pub const SCHEMA_VERSION: &str = "2026-05-20";
+
+/// One policy input document.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PolicyInput {
+    /// Always [`SCHEMA_VERSION`].
+    pub schema_version: String,
+    /// The calling application or workload.
+    pub principal: Principal,
+    /// The resource the request is about.
+    pub resource: Resource,
+    /// What is being done.
+    pub action: Action,
+    /// The bound authority record; present only when one is bound.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<SessionRef>,
+    /// The delegation edge of the proof; present only with a delegation proof.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delegation_edge: Option<DelegationEdge>,
+    /// Claims and request context.
+    pub context: Context,
+}
+
+impl PolicyInput {
+    /// An input with the current schema version, no session and no delegation edge.
+    pub fn new(principal: Principal, resource: Resource, action: Action, context: Context) -> Self {
+        Self {
+            schema_version: SCHEMA_VERSION.to_owned(),
+            principal,
+            resource,
+            action,
+            session: None,
+            delegation_edge: None,
+            context,
+        }
+    }
+
+    /// Binds an authority record (`session.id`).
+    #[must_use]
+    pub fn with_session(mut self, session_id: impl Into<String>) -> Self {
+        self.session = Some(SessionRef {
+            id: session_id.into(),
+        });
+        self
+    }
+
+    /// Attaches the delegation edge of a delegation proof.
+    #[must_use]
+    pub fn with_delegation_edge(mut self, edge: DelegationEdge) -> Self {
+        self.delegation_edge = Some(edge);
+        self
+    }
+
+    /// The input as JSON, exactly as the contract sees it.
+    pub fn to_json(&self) -> Result<Value, serde_json::Error> {
+        serde_json::to_value(self)
+    }
+}
+
+/// `principal.type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PrincipalType {
+    /// A registered application (every token exchange).
+    Application,
+    /// A workload (credential injection).
+    Workload,
+}
+
+/// The calling application or workload.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Principal {
+    /// `Application` or `Workload`.
+    #[serde(rename = "type")]
+    pub principal_type: PrincipalType,
+    /// The application (or workload) id.
+    pub id: String,
+    /// The zone the principal is registered in.
+    pub zone_id: String,
+    /// How the application was registered (for example `managed`); omitted when empty.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub registration_method: String,
+    /// The bound agent session; omitted when empty.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub agent_session_id: String,
+    /// The bound agent session's lifecycle (`task`, `service`); omitted when empty.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub lifecycle: String,
+    /// The bound agent session's labels; omitted when there are none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub labels: Vec<String>,
+}
+
+impl Principal {
+    /// An application principal without an agent session.
+    pub fn application(id: impl Into<String>, zone_id: impl Into<String>) -> Self {
+        Self {
+            principal_type: PrincipalType::Application,
+            id: id.into(),
+            zone_id: zone_id.into(),
+            registration_method: String::new(),
+            agent_session_id: String::new(),
+            lifecycle: String::new(),
+            labels: Vec::new(),
+        }
+    }
+
+    /// A workload principal; workloads carry no registration method, session or labels.
+    pub fn workload(id: impl Into<String>, zone_id: impl Into<String>) -> Self {
+        Self {
+            principal_type: PrincipalType::Workload,
+            ..Self::application(id, zone_id)
+        }
+    }
+
+    /// Sets the registration method.
+    #[must_use]
+    pub fn with_registration_method(mut self, method: impl Into<String>) -> Self {
+        self.registration_method = method.into();
+        self
+    }
+
+    /// Binds an agent session with its lifecycle and labels.
+    #[must_use]
+    pub fn with_agent_session(
+        mut self,
+        agent_session_id: impl Into<String>,
+        lifecycle: impl Into<String>,
+        labels: impl IntoIterator<Item = impl Into<String>>,
+    ) -> Self {
+        self.agent_session_id = agent_session_id.into();
+        self.lifecycle = lifecycle.into();
+        self.labels = labels.into_iter().map(Into::into).collect();
+        self
+    }
+}
+
+/// `resource.type`: always `Resource`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum ResourceType {
+    /// The only resource type.
+    #[default]
+    Resource,
+}
+
+/// The resource a request is about; every field is always present.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Resource {
+    /// Always `Resource`.
+    #[serde(rename = "type", default)]
+    pub resource_type: ResourceType,
+    /// The resource row id.
+    pub id: String,
+    /// The resource identifier (for example `resource://crm`), the key into `grants`.
+    pub identifier: String,
+    /// The declared scopes of the resource (1–64 entries).
+    pub scopes: Vec<String>,
+}
+
+impl Resource {
+    /// A resource with its row id, identifier and declared scopes.
+    pub fn new(
+        id: impl Into<String>,
+        identifier: impl Into<String>,
+        scopes: impl IntoIterator<Item = impl Into<String>>,
+    ) -> Self {
+        Self {
+            resource_type: ResourceType::Resource,
+            id: id.into(),
+            identifier: identifier.into(),
+            scopes: scopes.into_iter().map(Into::into).collect(),
+        }
+    }
+}
+
+/// `action.id`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ActionId {
+    /// A token exchange at the STS (or a gateway decision about one).
+    TokenExchange,
+    /// A workload's credential injection.
+    CredentialInjection,
+}
+
+/// What is being done.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Action {
+    /// `TokenExchange` or `CredentialInjection`.
+    pub id: ActionId,
+    /// HTTP method; only on gateway decisions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
+    /// HTTP path; only on gateway decisions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+}
+
+impl Action {
+    /// A token exchange at the STS.
+    pub const fn token_exchange() -> Self {
+        Self {
+            id: ActionId::TokenExchange,
+            method: None,
+            path: None,
+        }
+    }
+
+    /// A workload's credential injection.
+    pub const fn credential_injection() -> Self {
+        Self {
+            id: ActionId::CredentialInjection,
+            method: None,
+            path: None,
+        }
+    }
+
+    /// A gateway decision about a token-exchange request for `method path`.
+    pub fn gateway(method: impl Into<String>, path: impl Into<String>) -> Self {
+        Self {
+            id: ActionId::TokenExchange,
+            method: Some(method.into()),
+            path: Some(path.into()),
+        }
+    }
+}
+
+/// `session`: the bound authority record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionRef {
+    /// The authority record id.
+    pub id: String,
+}
+
+/// The delegation edge of a delegation proof. Empty strings and arrays are omitted, and so are
+/// `edge_version` and `graph_epoch` when 0.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct DelegationEdge {
+    /// The edge id.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub id: String,
+    /// The issuing session.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub source_session_id: String,
+    /// The receiving session.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub target_session_id: String,
+    /// The issuing application.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub issuer_application_id: String,
+    /// The receiving application.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub receiver_application_id: String,
+    /// The resource row id the edge delegates.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub resource_id: String,
+    /// The delegated scopes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub scopes: Vec<String>,
+    /// The edge version; omitted when 0.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub edge_version: u64,
+    /// Edge ids from the root edge to this one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub path: Vec<String>,
+    /// The zone's graph epoch; omitted when 0.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub graph_epoch: u64,
+    /// The stored constraints object.
+    #[serde(default)]
+    pub constraints_json: Map<String, Value>,
+}
+
+impl DelegationEdge {
+    /// An edge with its id and delegated scopes; fill in the other fields as needed.
+    pub fn new(id: impl Into<String>, scopes: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        Self {
+            id: id.into(),
+            scopes: scopes.into_iter().map(Into::into).collect(),
+            ..Self::default()
+        }
+    }
+}
+
+/// Claims and request context.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct Context {
+    /// Claims of the actor (always present, for example `caracal_client_id`).
+    pub actor_claims: Map<String, Value>,
+    /// All verified claims of the subject token; omitted without one, and never `{}`.
+    #[serde(default, skip_serializing_if = "is_absent_or_empty")]
+    pub subject_claims: Option<Map<String, Value>>,
+    /// The request id; omitted when empty.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub trace_id: String,
+    /// The bound authority record; omitted when empty.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub session_id: String,
+    /// The bound agent session; omitted when empty.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub agent_session_id: String,
+    /// The delegation edge of the proof; omitted when empty.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub delegation_edge_id: String,
+    /// Whether a step-up challenge was resolved; always a boolean.
+    #[serde(default)]
+    pub challenge_resolved: bool,
+    /// The `scope` form field split on whitespace, in the order sent; always an array.
+    #[serde(default)]
+    pub requested_scopes: Vec<String>,
+}
+
+impl Context {
+    /// A context with the actor's claims and nothing else.
+    pub fn new(actor_claims: Map<String, Value>) -> Self {
+        Self {
+            actor_claims,
+            ..Self::default()
+        }
+    }
+
+    /// A context whose actor claims hold only `caracal_client_id`.
+    pub fn for_client(client_id: impl Into<String>) -> Self {
+        let mut actor_claims = Map::new();
+        actor_claims.insert(
+            "caracal_client_id".to_owned(),
+            Value::String(client_id.into()),
+        );
+        Self::new(actor_claims)
+    }
+
+    /// Sets `requested_scopes` from the raw `scope` form field (split on whitespace, in order).
+    #[must_use]
+    pub fn with_scope_field(mut self, scope_field: &str) -> Self {
+        self.requested_scopes = split_scope_field(scope_field);
+        self
+    }
+
+    /// Sets `requested_scopes`.
+    #[must_use]
+    pub fn with_requested_scopes(
+        mut self,
+        scopes: impl IntoIterator<Item = impl Into<String>>,
+    ) -> Self {
+        self.requested_scopes = scopes.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Sets the subject token's verified claims; an empty map stays omitted.
+    #[must_use]
+    pub fn with_subject_claims(mut self, claims: Map<String, Value>) -> Self {
+        self.subject_claims = Some(claims);
+        self
+    }
+
+    /// Sets the request id.
+    #[must_use]
+    pub fn with_trace_id(mut self, trace_id: impl Into<String>) -> Self {
+        self.trace_id = trace_id.into();
+        self
+    }
+
+    /// Sets the bound authority record id.
+    #[must_use]
+    pub fn with_session_id(mut self, session_id: impl Into<String>) -> Self {
+        self.session_id = session_id.into();
+        self
+    }
+
+    /// Sets the bound agent session id.
+    #[must_use]
+    pub fn with_agent_session_id(mut self, agent_session_id: impl Into<String>) -> Self {
+        self.agent_session_id = agent_session_id.into();
+        self
+    }
+
+    /// Sets the delegation edge id of the proof.
+    #[must_use]
+    pub fn with_delegation_edge_id(mut self, delegation_edge_id: impl Into<String>) -> Self {
+        self.delegation_edge_id = delegation_edge_id.into();
+        self
+    }
+
+    /// Records whether a step-up challenge was resolved.
+    #[must_use]
+    pub const fn with_challenge_resolved(mut self, resolved: bool) -> Self {
+        self.challenge_resolved = resolved;
+        self
+    }
+}
+
+/// Splits the `scope` form field on whitespace, keeping the order sent.
+pub(crate) fn split_scope_field(scope_field: &str) -> Vec<String> {
+    scope_field.split_whitespace().map(str::to_owned).collect()
+}
+
+const fn is_zero(value: &u64) -> bool {
+    *value == 0
+}
+
+fn is_absent_or_empty(claims: &Option<Map<String, Value>>) -> bool {
+    claims.as_ref().is_none_or(Map::is_empty)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,47 @@
+//! `applications`: the OAuth clients of the STS.
+
+use chrono::{DateTime, Utc};
+use sqlx::PgConnection;
+
+/// An application as the STS needs it to authenticate a client.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ApplicationRow {
+    /// Id (the `application_id` form field, `client_id` claim).
+    pub id: String,
+    /// Zone.
+    pub zone_id: String,
+    /// Name.
+    pub name: String,
+    /// `managed` or `dcr`.
+    pub registration_method: String,
+    /// Argon2id PHC of the client secret.
+    pub client_secret_hash: Option<String>,
+    /// Traits (control keys).
+    pub traits: Vec<String>,
+    /// Expiry (DCR applications).
+    pub expires_at: Option<DateTime<Utc>>,
+    /// Archival time.
+    pub archived_at: Option<DateTime<Utc>>,
+}
+
+impl ApplicationRow {
+    /// Usable at `now`: not archived and not expired.
+    pub fn is_usable(&self, now: DateTime<Utc>) -> bool {
+        self.archived_at.is_none() && self.expires_at.is_none_or(|e| e > now)
+    }
+}
+
+/// Looks an application up by id. Ids are globally unique, so inside a cross-zone read this
+/// finds it whatever its zone; inside a zone transaction only within that zone.
+pub async fn find(
+    conn: &mut PgConnection,
+    id: &str,
+) -> Result<Option<ApplicationRow>, sqlx::Error> {
+    sqlx::query_as::<_, ApplicationRow>(
+        "SELECT id, zone_id, name, registration_method, client_secret_hash, traits, expires_at, archived_at \
+           FROM applications WHERE id = $1",
+    )
+    .bind(id)
+    .fetch_optional(conn)
+    .await
+}

@@ -1,0 +1,107 @@
+//! Step 8: a presented STS mandate as `subject_token` (authority §3). Every failure is
+//! 401 `invalid_token` "invalid subject_token", except the authority-record checks, which
+//! have their own descriptions.
+
+use chrono::{DateTime, Utc};
+use control_crypto::UnverifiedJwt;
+use control_model::{Denial, ErrorCode, ZoneId};
+use serde_json::{Map, Value};
+
+use crate::{error::StsError, state::Sts};
+
+/// Leeway on `exp` and the `iat` future skew.
+const LEEWAY_SECONDS: i64 = 60;
+
+/// A verified subject token.
+#[derive(Debug, Clone)]
+pub(crate) struct SubjectToken {
+    /// Every verified claim, for `context.subject_claims`.
+    pub(crate) claims: Map<String, Value>,
+    pub(crate) sub: String,
+    pub(crate) sid: String,
+    pub(crate) client_id: String,
+    pub(crate) sub_type: String,
+    pub(crate) agent_session_id: Option<String>,
+    pub(crate) delegation_edge_id: Option<String>,
+}
+
+fn invalid() -> Denial {
+    Denial::new(401, ErrorCode::InvalidToken, "invalid subject_token")
+}
+
+fn string(claims: &Map<String, Value>, name: &str) -> Option<String> {
+    claims
+        .get(name)
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+}
+
+/// Verifies signature, issuer, audience, expiry, issue time, zone and use class.
+pub(crate) async fn verify(
+    sts: &Sts,
+    zone: &ZoneId,
+    token: &str,
+    now: DateTime<Utc>,
+) -> Result<Result<SubjectToken, Denial>, StsError> {
+    let Ok(parsed) = UnverifiedJwt::parse(token) else {
+        return Ok(Err(invalid()));
+    };
+    let Some(kid) = parsed.header().kid.clone() else {
+        return Ok(Err(invalid()));
+    };
+    let Some(key) = sts.keys.verifier(zone, &kid, now).await? else {
+        return Ok(Err(invalid()));
+    };
+    let Ok(bytes) = parsed.verify(&key) else {
+        return Ok(Err(invalid()));
+    };
+    let Ok(Value::Object(claims)) = serde_json::from_slice::<Value>(&bytes) else {
+        return Ok(Err(invalid()));
+    };
+
+    let issuer = &sts.config.issuer_url;
+    let audience_ok = match claims.get("aud") {
+        Some(Value::Array(aud)) => aud.iter().any(|a| a.as_str() == Some(issuer)),
+        Some(Value::String(aud)) => aud == issuer,
+        _ => false,
+    };
+    let now_s = now.timestamp();
+    let exp_ok = claims
+        .get("exp")
+        .and_then(Value::as_i64)
+        .is_some_and(|exp| exp + LEEWAY_SECONDS > now_s);
+    let iat_ok = claims
+        .get("iat")
+        .and_then(Value::as_i64)
+        .is_some_and(|iat| iat <= now_s + LEEWAY_SECONDS);
+    let checks = string(&claims, "iss").as_deref() == Some(issuer.as_str())
+        && audience_ok
+        && exp_ok
+        && iat_ok
+        && string(&claims, "zone_id").as_deref() == Some(zone.as_str())
+        && string(&claims, "use").as_deref() == Some("session");
+    if !checks {
+        return Ok(Err(invalid()));
+    }
+    let Some(sid) = string(&claims, "sid") else {
+        return Ok(Err(Denial::new(
+            401,
+            ErrorCode::InvalidToken,
+            "missing token authority record",
+        )));
+    };
+    let (Some(sub), Some(client_id)) = (string(&claims, "sub"), string(&claims, "client_id"))
+    else {
+        return Ok(Err(invalid()));
+    };
+    Ok(Ok(SubjectToken {
+        sub,
+        sid,
+        client_id,
+        sub_type: string(&claims, "sub_type").unwrap_or_else(|| "application".to_owned()),
+        agent_session_id: string(&claims, "agent_session_id"),
+        delegation_edge_id: string(&claims, "delegation_edge_id"),
+        claims,
+    }))
+}

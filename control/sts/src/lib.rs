@@ -1,0 +1,179 @@
+//! Role `sts` (port 8080): the RFC 8693 token exchange of Caracal 1.0, zone signing keys
+//! and their JWKS, and (later) approvals.
+//!
+//! What this crate owns: the HTTP surface of the STS (`server`), the exchange flow
+//! (`exchange`, one module per step group, in the order of authority-and-policy.md §3), zone
+//! signing keys (`keys`), the per-zone policy bundles it evaluates with (`bundles`), and its
+//! Redis state (`redis_ops`: mint limit, authentication-failure limiter, JTI registry).
+//!
+//! What it must never do: answer an exchange it could not audit; allow when a dependency
+//! it needs is down (Redis, Postgres, the policy engine: each is a catalog 4xx/5xx); log or
+//! return a secret, a token or a key; evaluate policy without the zone's pinned bundle.
+//!
+//! Start reading at `exchange::exchange`, then `server::token`.
+
+mod approvals;
+mod bundles;
+mod config;
+mod error;
+mod exchange;
+mod federation;
+mod form;
+mod keys;
+mod metrics;
+mod ops;
+mod redis_ops;
+mod respond;
+mod server;
+mod state;
+
+use std::{net::SocketAddr, sync::Arc};
+
+use control_store::{ServiceRole, pool::connect_service_pool};
+use tokio::{sync::watch, task::JoinHandle};
+
+pub use config::{ConfigError, Lookup, Mode, StsConfig};
+
+/// The STS failed to start; `Display` is one line naming the cause.
+#[derive(Debug, thiserror::Error)]
+pub enum StsStartError {
+    /// A setting is missing or malformed.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The policy contract failed its start-up self check.
+    #[error("policy self check failed: {0}")]
+    PolicySelfCheck(String),
+    /// Postgres cannot be reached.
+    #[error(transparent)]
+    Database(#[from] control_store::StoreError),
+    /// Redis settings are invalid.
+    #[error("REDIS_URL: {0}")]
+    Redis(String),
+    /// The audit emitter could not start.
+    #[error("audit emitter: {0}")]
+    Audit(String),
+    /// The listen address cannot be bound.
+    #[error("cannot listen on {addr}: {cause}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The I/O error.
+        cause: std::io::Error,
+    },
+}
+
+/// A running STS.
+#[derive(Debug)]
+pub struct StsHandle {
+    /// The bound address (the real port when the configuration asked for port 0).
+    pub addr: SocketAddr,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl StsHandle {
+    /// Stops accepting, drains connections and flushes the audit queue.
+    pub async fn stop(self) {
+        let _sent = self.shutdown.send(true);
+        for task in self.tasks {
+            let _joined = task.await;
+        }
+    }
+}
+
+/// Starts the STS on `config.bind`.
+pub async fn start(config: StsConfig, lookup: Lookup<'_>) -> Result<StsHandle, StsStartError> {
+    let listener = tokio::net::TcpListener::bind(config.bind)
+        .await
+        .map_err(|cause| StsStartError::Bind {
+            addr: config.bind,
+            cause,
+        })?;
+    start_with_listener(config, lookup, listener).await
+}
+
+/// Starts the STS on an already bound listener (tests bind port 0 first, so that
+/// `ISSUER_URL` can name the real port): self check, pools, Redis, the audit emitter,
+/// bundles, then serving.
+pub async fn start_with_listener(
+    config: StsConfig,
+    lookup: Lookup<'_>,
+    listener: tokio::net::TcpListener,
+) -> Result<StsHandle, StsStartError> {
+    control_policy::self_check().map_err(|e| StsStartError::PolicySelfCheck(e.to_string()))?;
+    let pool = connect_service_pool(ServiceRole::Sts, &config.instance_id, lookup).await?;
+    let redis = redis_ops::RedisState::new(&config.redis_url)
+        .map_err(|e| StsStartError::Redis(e.to_string()))?;
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let mut audit_config = control_events::audit::AuditEmitterConfig::from_lookup("sts", lookup)
+        .map_err(|e| StsStartError::Audit(e.to_string()))?;
+    audit_config.instance = config.instance_id.clone();
+    let redis_client = redis::Client::open(config.redis_url.as_str())
+        .map_err(|e| StsStartError::Redis(e.to_string()))?;
+    let mut audit_shutdown = shutdown_rx.clone();
+    let (audit, audit_task) =
+        control_events::audit::AuditEmitter::spawn(audit_config, redis_client, async move {
+            let _changed = audit_shutdown.changed().await;
+        })
+        .await;
+    let policy_config = control_policy::PolicyConfig::with_eval_timeout_ms(
+        u64::try_from(config.policy_eval_timeout.as_millis()).unwrap_or(20),
+    )
+    .map_err(|e| ConfigError(e.to_string()))?;
+    let bundles = Arc::new(bundles::Bundles::new(pool.clone(), policy_config));
+    let argon2_params = control_crypto::Argon2Params::from_lookup(lookup)
+        .map_err(|e| ConfigError(e.to_string()))?;
+    let cpus = std::thread::available_parallelism().map_or(2, std::num::NonZero::get);
+    let state = Arc::new(state::Sts {
+        keys: keys::ZoneKeys::new(pool.clone(), config.kek.clone(), config.key_grace),
+        bundles: Arc::clone(&bundles),
+        redis,
+        audit,
+        secret_cache: moka::sync::Cache::builder()
+            .max_capacity(10_000)
+            .time_to_live(std::time::Duration::from_secs(60))
+            .build(),
+        argon_permits: Arc::new(tokio::sync::Semaphore::new(cpus)),
+        argon2_params,
+        metrics: metrics::Metrics::default(),
+        pool,
+        config: config.clone(),
+    });
+    let addr = server::local_addr(&listener).map_err(|e| StsStartError::Bind {
+        addr: config.bind,
+        cause: std::io::Error::other(e.to_string()),
+    })?;
+    let serve = tokio::spawn(server::serve(
+        Arc::clone(&state),
+        listener,
+        shutdown_rx.clone(),
+    ));
+    let poll = tokio::spawn(bundles.poll(config.policy_poll, shutdown_rx));
+    tracing::info!(%addr, "sts listening");
+    Ok(StsHandle {
+        addr,
+        shutdown,
+        tasks: vec![serve, poll, audit_task],
+    })
+}
+
+/// Runs the STS until `shutdown` resolves.
+pub async fn run(
+    config: StsConfig,
+    lookup: Lookup<'_>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), StsStartError> {
+    let handle = start(config, lookup).await?;
+    shutdown.await;
+    handle.stop().await;
+    Ok(())
+}
+
+/// Entry points for the fuzz targets in `control/sts/fuzz`; not part of the API.
+#[doc(hidden)]
+pub mod fuzzing {
+    /// Parses a token-request body; must never panic, whatever the bytes.
+    pub fn parse_token_form(body: &[u8]) -> bool {
+        crate::form::parse(body).is_ok()
+    }
+}

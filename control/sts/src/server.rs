@@ -1,0 +1,273 @@
+//! The HTTP surface: accept loop, connection limits, routing, and the per-request frame
+//! (request id, body limits, one rendering of every outcome).
+
+use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Duration};
+
+use bytes::Bytes;
+use control_model::{Denial, ErrorCode, RequestId, ZoneId};
+use http::{Method, Request, Response, header};
+use http_body_util::{BodyExt, Limited};
+use hyper::{body::Incoming, service::service_fn};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::{net::TcpListener, sync::watch};
+
+use crate::{
+    error::{StsError, rescue},
+    exchange::{self, Answer},
+    form,
+    metrics::Metrics,
+    respond::{self, Body},
+    state::Sts,
+};
+
+/// The token endpoint's body limit (wire-contract §2.2).
+const MAX_TOKEN_BODY: usize = 64 * 1024;
+
+/// Serves until `shutdown` turns true, then drains open connections for up to 10 s.
+pub(crate) async fn serve(
+    state: Arc<Sts>,
+    listener: TcpListener,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let permits = Arc::new(tokio::sync::Semaphore::new(state.config.max_connections));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = shutdown.changed() => break,
+        };
+        let (stream, _peer) = match accepted {
+            Ok(pair) => pair,
+            Err(error) => {
+                tracing::warn!(%error, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        // Over the connection cap the connection is closed at once (shed, not queued).
+        let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
+            continue;
+        };
+        let state = Arc::clone(&state);
+        let service = service_fn(move |req| {
+            let state = Arc::clone(&state);
+            async move { Ok::<_, Infallible>(handle(&state, req).await) }
+        });
+        let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(Duration::from_secs(5))
+            .max_buf_size(64 * 1024);
+        let connection = builder
+            .serve_connection(TokioIo::new(stream), service)
+            .into_owned();
+        let watched = graceful.watch(connection);
+        tokio::spawn(async move {
+            let _permit = permit;
+            let _served = watched.await;
+        });
+    }
+    if tokio::time::timeout(Duration::from_secs(10), graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("connections still open after 10 s; closing");
+    }
+}
+
+/// One request: request id, route, render, log.
+async fn handle(state: &Sts, req: Request<Incoming>) -> Response<Body> {
+    Metrics::count(&state.metrics.requests);
+    let request_id = req
+        .headers()
+        .get(respond::REQUEST_ID)
+        .and_then(|v| RequestId::from_inbound(v.as_bytes()))
+        .unwrap_or_else(|| RequestId::generated(uuid::Uuid::now_v7().to_string()));
+    let response = match route(state, req, request_id.as_str()).await {
+        Ok(response) => response,
+        Err(err) => {
+            Metrics::count(&state.metrics.errors);
+            tracing::error!(request_id = %request_id, error = %err, "request failed");
+            respond::denial(&rescue(&err), request_id.as_str())
+        }
+    };
+    respond::with_request_id(response, request_id.as_str())
+}
+
+async fn route(
+    state: &Sts,
+    req: Request<Incoming>,
+    request_id: &str,
+) -> Result<Response<Body>, StsError> {
+    let path = req.uri().path().to_owned();
+    match (req.method(), path.as_str()) {
+        (&Method::POST, "/oauth/2/token") => token(state, req, request_id).await,
+        (_, "/oauth/2/token") => Ok(respond::denial(
+            &Denial::new(405, ErrorCode::InvalidToken, "method not allowed"),
+            request_id,
+        )),
+        (&Method::GET, "/.well-known/jwks.json") => {
+            jwks(state, req.uri().query(), request_id).await
+        }
+        (&Method::GET, p)
+            if p.starts_with("/approvals/") && !p["/approvals/".len()..].contains('/') =>
+        {
+            crate::approvals::poll(
+                state,
+                &p["/approvals/".len()..],
+                req.uri().query(),
+                request_id,
+            )
+            .await
+        }
+        (&Method::GET, "/health") => Ok(respond::empty(200)),
+        (&Method::GET, "/ready") => Ok(crate::ops::ready(state).await),
+        (&Method::GET, "/metrics") => Ok(crate::ops::metrics(state, &req, false)),
+        (&Method::GET, "/metrics.json") => Ok(crate::ops::metrics(state, &req, true)),
+        _ => Ok(respond::denial(
+            &Denial::new(404, ErrorCode::ResourceNotFound, "not found"),
+            request_id,
+        )),
+    }
+}
+
+/// `POST /oauth/2/token`: the checks of wire-contract §2.2 that come before the form.
+async fn token(
+    state: &Sts,
+    req: Request<Incoming>,
+    request_id: &str,
+) -> Result<Response<Body>, StsError> {
+    if req.uri().query().is_some() {
+        return Ok(deny(
+            state,
+            &Denial::bad_request("query parameters are not allowed"),
+            request_id,
+        ));
+    }
+    let form_encoded = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|media| {
+            media
+                .trim()
+                .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+        });
+    if !form_encoded {
+        return Ok(deny(
+            state,
+            &Denial::new(
+                415,
+                ErrorCode::InvalidToken,
+                "content type must be application/x-www-form-urlencoded",
+            ),
+            request_id,
+        ));
+    }
+    let too_large = Denial::new(
+        413,
+        ErrorCode::PayloadTooLarge,
+        "request body exceeds 64 KiB",
+    );
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|len| len > MAX_TOKEN_BODY) {
+        return Ok(deny(state, &too_large, request_id));
+    }
+    // Gateway-signed re-exchanges are not offered (settled point 8): fail closed.
+    if req
+        .headers()
+        .keys()
+        .any(|name| name.as_str().starts_with("x-caracal-gateway-"))
+    {
+        return Ok(deny(
+            state,
+            &Denial::unauthorized("invalid gateway exchange signature"),
+            request_id,
+        ));
+    }
+    let body: Bytes = match Limited::new(req.into_body(), MAX_TOKEN_BODY)
+        .collect()
+        .await
+    {
+        Ok(collected) => collected.to_bytes(),
+        Err(_too_large_or_broken) => return Ok(deny(state, &too_large, request_id)),
+    };
+    let parsed = match form::parse(&body) {
+        Ok(parsed) => parsed,
+        Err(denial) => return Ok(deny(state, &denial, request_id)),
+    };
+    match exchange::exchange(state, request_id, parsed).await? {
+        Answer::Token(body) => {
+            Metrics::count(&state.metrics.tokens_issued);
+            Ok(respond::json(200, &body))
+        }
+        Answer::Denied(denial) => Ok(deny(state, &denial, request_id)),
+        Answer::Hold(body) => {
+            Metrics::count(&state.metrics.denials);
+            let mut response = respond::json(401, &body);
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                http::HeaderValue::from_static("Bearer error=\"interaction_required\""),
+            );
+            Ok(response)
+        }
+    }
+}
+
+fn deny(state: &Sts, denial: &Denial, request_id: &str) -> Response<Body> {
+    Metrics::count(&state.metrics.denials);
+    tracing::info!(request_id, status = denial.status, error = denial.code.as_str(), description = %denial.description, "denied");
+    respond::denial(denial, request_id)
+}
+
+/// `GET /.well-known/jwks.json?zone_id=Z` (wire-contract §2.9).
+async fn jwks(
+    state: &Sts,
+    query: Option<&str>,
+    request_id: &str,
+) -> Result<Response<Body>, StsError> {
+    let zone = query
+        .into_iter()
+        .flat_map(|q| form_urlencoded::parse(q.as_bytes()))
+        .find(|(k, _)| k == "zone_id")
+        .map(|(_, v)| v.into_owned())
+        .filter(|v| !v.is_empty());
+    let Some(zone) = zone else {
+        return Ok(respond::denial(
+            &Denial::bad_request("zone_id required"),
+            request_id,
+        ));
+    };
+    let not_found = Denial::new(404, ErrorCode::ResourceNotFound, "zone has no signing keys");
+    let Ok(zone) = ZoneId::parse(&zone) else {
+        return Ok(respond::denial(&not_found, request_id));
+    };
+    let now = chrono::Utc::now();
+    let Some(keys) = state.keys.jwks(&zone, now).await? else {
+        return Ok(respond::denial(&not_found, request_id));
+    };
+    let mut response = respond::json(200, &serde_json::json!({ "keys": keys }));
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CACHE_CONTROL,
+        http::HeaderValue::from_static("public, max-age=300, must-revalidate"),
+    );
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        http::HeaderValue::from_static("nosniff"),
+    );
+    Ok(response)
+}
+
+/// The address a listener actually bound (port 0 in tests).
+pub(crate) fn local_addr(listener: &TcpListener) -> Result<SocketAddr, StsError> {
+    listener
+        .local_addr()
+        .map_err(|e| StsError::Internal(format!("listener address: {e}")))
+}

@@ -1,0 +1,158 @@
+//! Conformance: the real Caracal 1.0 Python clients (`caracalai-*` 1.0.0, Python 3.12)
+//! against a real `caracal sts`, provisioned here in Postgres. Runs
+//! `tests/conformance/run.sh` with the variables its README lists and requires every group
+//! this server implements, so a wiring mistake cannot pass as a skip.
+//!
+//! Run with `make conformance` (it builds the venv); `make test` skips it.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test binary fails loudly"
+)]
+
+use std::process::Command;
+
+use tests_harness::{TestDb, provision::Provision, sts::StsFixture};
+
+const POLICY: &str = r#"package caracal.authz
+import rego.v1
+# caracal:data-document
+app_ids := {"agent": "agent-app", "child": "child-app"}
+grants := {
+  "resource://crm": {"application": "agent", "roles": {"reader": ["crm:read"]}},
+  "resource://reports": {"application": "child", "roles": {"analyst": ["reports:read", "reports:write"]}}
+}
+risk := [{"scope": "reports:write", "tier": "high"}]
+approval_tiers := [{"tier": "high", "approver": "operator"}]
+"#;
+
+/// The groups this server implements; federation arrives later in issue 3.
+const REQUIRED_GROUPS: &str = "core,delegated,zone,control,ratelimit,unavailable,approval";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conformance_python_clients_against_the_sts() -> anyhow::Result<()> {
+    let db = TestDb::migrated().await?;
+    let ratelimit_app = format!("ratelimit-{}", uuid::Uuid::new_v4().simple());
+    {
+        let mut p = Provision::open(&db).await?;
+        p.zone("acme").await?;
+        p.zone("other").await?;
+        p.application("acme", "agent-app", "agent-secret", &[])
+            .await?;
+        p.application("acme", "child-app", "child-secret", &[])
+            .await?;
+        p.application(
+            "acme",
+            "ops-app",
+            "ops-secret",
+            &["control:invoke", "control:scope:control:read"],
+        )
+        .await?;
+        p.application("acme", &ratelimit_app, "ratelimit-secret", &[])
+            .await?;
+        p.provider_none("acme", "p-none").await?;
+        p.resource(
+            "acme",
+            "crm",
+            "resource://crm",
+            &["crm:read"],
+            Some("http://127.0.0.1:9/"),
+            "p-none",
+        )
+        .await?;
+        p.resource(
+            "acme",
+            "reports",
+            "resource://reports",
+            &["reports:read", "reports:write"],
+            Some("http://127.0.0.1:9/"),
+            "p-none",
+        )
+        .await?;
+        p.resource(
+            "acme",
+            "control",
+            "caracal-control",
+            &["control:read"],
+            None,
+            "p-none",
+        )
+        .await?;
+        p.activate_policy("acme", "main", POLICY).await?;
+        p.agent_session("acme", "s-parent", "agent-app", &["orchestrator"])
+            .await?;
+        p.agent_session("acme", "s-child", "child-app", &["analyst"])
+            .await?;
+        p.edge(
+            "acme",
+            "e1",
+            ("s-parent", "agent-app"),
+            ("s-child", "child-app"),
+            &["reports:read", "reports:write"],
+            serde_json::json!({"max_hops": 1, "ttl_seconds": 600}),
+            3600,
+            None,
+        )
+        .await?;
+    }
+    let sts = StsFixture::start(&db).await?;
+
+    // A second STS whose database disappears under it: its mints answer 503 sts_unavailable.
+    let doomed = TestDb::migrated().await?;
+    let unavailable = StsFixture::start(&doomed).await?;
+    let unavailable_url = format!("http://{}", unavailable.addr);
+    drop(doomed);
+
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
+    let vars: Vec<(&str, String)> = vec![
+        ("CONFORMANCE_STS_URL", format!("http://{}", sts.addr)),
+        ("CONFORMANCE_ISSUER", sts.issuer.clone()),
+        ("CONFORMANCE_ZONE_ID", "acme".into()),
+        ("CONFORMANCE_APP_ID", "child-app".into()),
+        ("CONFORMANCE_APP_SECRET", "child-secret".into()),
+        ("CONFORMANCE_RESOURCE", "resource://reports".into()),
+        (
+            "CONFORMANCE_DELEGATED_RESOURCE",
+            "resource://reports".into(),
+        ),
+        ("CONFORMANCE_DELEGATED_SCOPES", "reports:read".into()),
+        ("CONFORMANCE_AGENT_SESSION_ID", "s-child".into()),
+        ("CONFORMANCE_DELEGATION_EDGE_ID", "e1".into()),
+        ("CONFORMANCE_SOURCE_SESSION_ID", "s-parent".into()),
+        ("CONFORMANCE_ISSUER_APP_ID", "agent-app".into()),
+        ("CONFORMANCE_EDGE_TTL_CAP", "600".into()),
+        ("CONFORMANCE_OTHER_ZONE_ID", "other".into()),
+        ("CONFORMANCE_CONTROL_APP_ID", "ops-app".into()),
+        ("CONFORMANCE_CONTROL_APP_SECRET", "ops-secret".into()),
+        ("CONFORMANCE_CONTROL_SCOPES", "control:read".into()),
+        ("CONFORMANCE_RATELIMIT_APP_ID", ratelimit_app.clone()),
+        (
+            "CONFORMANCE_RATELIMIT_APP_SECRET",
+            "ratelimit-secret".into(),
+        ),
+        ("CONFORMANCE_STS_UNAVAILABLE_URL", unavailable_url),
+        ("CONFORMANCE_APPROVAL_RESOURCE", "resource://reports".into()),
+        ("CONFORMANCE_APPROVAL_SCOPES", "reports:write".into()),
+        ("CONFORMANCE_REQUIRE", REQUIRED_GROUPS.into()),
+    ];
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new("bash")
+            .arg(format!("{root}/tests/conformance/run.sh"))
+            .arg("-rs")
+            .envs(vars)
+            .current_dir(root)
+            .output()
+    })
+    .await??;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    println!("{stdout}\n{stderr}");
+    sts.stop().await;
+    unavailable.stop().await;
+    assert!(
+        output.status.success(),
+        "the Python clients found differences (see above)"
+    );
+    Ok(())
+}

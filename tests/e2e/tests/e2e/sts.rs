@@ -1,0 +1,937 @@
+//! The STS against real Postgres and Redis (authority §3, wire-contract §2): every
+//! exchange class built so far, the rejection rules, the catalog codes, fail-closed paths.
+
+use control_crypto::{PublicKey, UnverifiedJwt};
+use serde_json::Value;
+use tests_harness::{
+    TestDb, http,
+    provision::Provision,
+    sts::{GRANT, StsFixture, jwt_claims},
+};
+
+const ZONE: &str = "acme";
+const AGENT: &str = "agent-app";
+const CHILD: &str = "child-app";
+const SECRET: &str = "s3cret-value";
+
+const POLICY: &str = r#"package caracal.authz
+import rego.v1
+# caracal:data-document
+app_ids := {"agent": "agent-app", "child": "child-app"}
+grants := {
+  "resource://crm": {"application": "agent", "roles": {"reader": ["crm:read"]}},
+  "resource://reports": {"application": "child", "roles": {"analyst": ["reports:read"]}},
+  "resource://payments": {"application": "child", "roles": {"analyst": ["payments:send"]}}
+}
+risk := [{"scope": "payments:send", "tier": "high"}]
+approval_tiers := [{"tier": "high", "approver": "operator"}]
+"#;
+
+/// Zone `acme`: two applications, three resources, the policy above, and an edge from
+/// agent-app's session to child-app's session (labels `analyst`).
+async fn scenario(db: &TestDb) -> anyhow::Result<()> {
+    let mut p = Provision::open(db).await?;
+    p.zone(ZONE).await?;
+    p.zone("other").await?;
+    p.application(ZONE, AGENT, SECRET, &[]).await?;
+    p.application(ZONE, CHILD, SECRET, &[]).await?;
+    p.application(
+        ZONE,
+        "ops-app",
+        SECRET,
+        &[
+            "control:invoke",
+            "control:scope:control:read",
+            "control:max-ttl:120",
+        ],
+    )
+    .await?;
+    p.provider_none(ZONE, "p-none").await?;
+    p.resource(
+        ZONE,
+        "crm",
+        "resource://crm",
+        &["crm:read", "crm:write"],
+        Some("http://127.0.0.1:9/"),
+        "p-none",
+    )
+    .await?;
+    p.resource(
+        ZONE,
+        "reports",
+        "resource://reports",
+        &["reports:read", "reports:write"],
+        Some("http://127.0.0.1:9/"),
+        "p-none",
+    )
+    .await?;
+    p.resource(
+        ZONE,
+        "control",
+        "caracal-control",
+        &["control:read"],
+        None,
+        "p-none",
+    )
+    .await?;
+    p.resource(
+        ZONE,
+        "payments",
+        "resource://payments",
+        &["payments:send"],
+        Some("http://127.0.0.1:9/"),
+        "p-none",
+    )
+    .await?;
+    p.activate_policy(ZONE, "main", POLICY).await?;
+    p.agent_session(ZONE, "s-parent", AGENT, &["orchestrator"])
+        .await?;
+    p.agent_session(ZONE, "s-child", CHILD, &["analyst"])
+        .await?;
+    p.edge(
+        ZONE,
+        "e1",
+        ("s-parent", AGENT),
+        ("s-child", CHILD),
+        &["reports:read", "reports:write", "payments:send"],
+        serde_json::json!({"max_hops": 1}),
+        3600,
+        None,
+    )
+    .await?;
+    Ok(())
+}
+
+fn bootstrap_form<'a>(app: &'a str, resource: &'a str) -> Vec<(&'a str, &'a str)> {
+    vec![
+        ("grant_type", GRANT),
+        ("zone_id", ZONE),
+        ("application_id", app),
+        ("client_secret", SECRET),
+        ("scope", "agent:lifecycle"),
+        ("resource", resource),
+    ]
+}
+
+fn delegated_form(scope: &str) -> Vec<(&str, &str)> {
+    vec![
+        ("grant_type", GRANT),
+        ("zone_id", ZONE),
+        ("application_id", CHILD),
+        ("client_secret", SECRET),
+        ("scope", scope),
+        ("resource", "resource://reports"),
+        ("agent_session_id", "s-child"),
+        ("delegation_edge_id", "e1"),
+    ]
+}
+
+async fn start() -> anyhow::Result<(TestDb, StsFixture)> {
+    tests_harness::init_logs();
+    let db = TestDb::migrated().await?;
+    scenario(&db).await?;
+    let sts = StsFixture::start(&db).await?;
+    Ok((db, sts))
+}
+
+fn assert_error(resp: &http::HttpResponse, status: u16, code: &str, description: &str) {
+    let body = resp.json().unwrap_or(Value::Null);
+    assert_eq!(resp.status, status, "{body}");
+    assert_eq!(body["error"], code, "{body}");
+    assert_eq!(body["error_description"], description, "{body}");
+    let request_id = resp
+        .header("x-request-id")
+        .expect("every response carries x-request-id");
+    assert_eq!(body["requestId"], request_id.as_str());
+}
+
+/// Verifies a token against the zone's JWKS as served.
+async fn verify_with_jwks(sts: &StsFixture, token: &str) -> anyhow::Result<Value> {
+    let jwks = http::get(sts.addr, &format!("/.well-known/jwks.json?zone_id={ZONE}")).await?;
+    assert_eq!(jwks.status, 200);
+    let parsed = UnverifiedJwt::parse(token)?;
+    let kid = parsed.header().kid.clone().expect("kid");
+    let keys = jwks.json()?;
+    let jwk = keys["keys"]
+        .as_array()
+        .and_then(|k| k.iter().find(|j| j["kid"] == kid.as_str()))
+        .cloned()
+        .expect("the signing key is published");
+    let claims = parsed.verify(&PublicKey::from_jwk(&jwk)?)?;
+    Ok(serde_json::from_slice(&claims)?)
+}
+
+#[tokio::test]
+async fn bootstrap_mints_a_session_mandate_that_verifies_against_the_jwks() -> anyhow::Result<()> {
+    let (db, sts) = start().await?;
+    let resp = sts.token(&bootstrap_form(AGENT, "resource://crm")).await?;
+    assert_eq!(resp.status, 200, "{:?}", resp.json());
+    assert_eq!(
+        resp.header("content-type").as_deref(),
+        Some("application/json")
+    );
+    let body = resp.json()?;
+    assert_eq!(body["token_type"], "Bearer");
+    assert_eq!(body["expires_in"], 900);
+    assert_eq!(body["scope"], "agent:lifecycle");
+    assert_eq!(
+        body["issued_token_type"],
+        "urn:ietf:params:oauth:token-type:access_token"
+    );
+    assert_eq!(
+        body["target_resources"],
+        serde_json::json!(["resource://crm"])
+    );
+    let token = body["access_token"].as_str().unwrap();
+    let claims = verify_with_jwks(&sts, token).await?;
+    assert_eq!(claims["iss"], sts.issuer.as_str());
+    assert_eq!(claims["aud"], serde_json::json!([sts.issuer]));
+    assert_eq!(claims["use"], "session");
+    assert_eq!(claims["sub"], AGENT);
+    assert_eq!(claims["client_id"], AGENT);
+    assert_eq!(claims["sub_type"], "application");
+    assert_eq!(claims["zone_id"], ZONE);
+    assert_eq!(claims["sid"], claims["root_sid"]);
+    assert_eq!(
+        claims["exp"].as_i64().unwrap() - claims["iat"].as_i64().unwrap(),
+        900
+    );
+    for absent in [
+        "agent_session_id",
+        "delegation_edge_id",
+        "hop_count",
+        "delegation_chain",
+        "nbf",
+        "act",
+    ] {
+        assert!(claims.get(absent).is_none(), "{absent} must be omitted");
+    }
+    // The authority record exists, anchored on the sid.
+    let sid = claims["sid"].as_str().unwrap();
+    let (status, expires): (String, chrono::DateTime<chrono::Utc>) =
+        sqlx::query_as("SELECT status, expires_at FROM caracal.sessions WHERE id = $1")
+            .bind(sid)
+            .fetch_one(&mut db.admin().await?)
+            .await?;
+    assert_eq!(status, "active");
+    assert_eq!(expires.timestamp(), claims["exp"].as_i64().unwrap());
+    sts.stop().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn delegated_mint_gives_a_single_use_gateway_mandate_with_chain_claims() -> anyhow::Result<()>
+{
+    let (_db, sts) = start().await?;
+    let resp = sts.token(&delegated_form("reports:read")).await?;
+    assert_eq!(resp.status, 200, "{:?}", resp.json());
+    let claims = jwt_claims(resp.json()?["access_token"].as_str().unwrap())?;
+    assert_eq!(claims["use"], "gateway");
+    assert_eq!(claims["aud"], serde_json::json!([sts.issuer]));
+    assert_eq!(claims["scope"], "reports:read");
+    assert_eq!(claims["target"], serde_json::json!(["resource://reports"]));
+    assert_eq!(claims["agent_session_id"], "s-child");
+    assert_eq!(claims["delegation_edge_id"], "e1");
+    assert_eq!(claims["source_session_id"], "s-parent");
+    assert_eq!(claims["target_session_id"], "s-child");
+    assert_eq!(claims["delegation_path"], serde_json::json!(["e1"]));
+    assert_eq!(claims["hop_count"], 1);
+    assert_eq!(claims["delegation_graph_epoch"], 1);
+    assert_eq!(
+        claims["delegation_chain"],
+        serde_json::json!([
+            {"application_id": AGENT, "agent_session_id": "s-parent", "delegation_edge_id": "e1"},
+            {"application_id": CHILD, "agent_session_id": "s-child"}
+        ])
+    );
+    assert_eq!(claims["sid"], claims["root_sid"]);
+    sts.stop().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn client_authentication_failures_use_the_catalog() -> anyhow::Result<()> {
+    let (_db, sts) = start().await?;
+    let mut wrong = bootstrap_form(AGENT, "resource://crm");
+    wrong[3] = ("client_secret", "nope");
+    assert_error(
+        &sts.token(&wrong).await?,
+        401,
+        "access_denied",
+        "invalid client credentials",
+    );
+    let unknown = bootstrap_form("ghost-app", "resource://crm");
+    assert_error(
+        &sts.token(&unknown).await?,
+        401,
+        "access_denied",
+        "invalid client credentials",
+    );
+    let mut other_zone = bootstrap_form(AGENT, "resource://crm");
+    other_zone[1] = ("zone_id", "other");
+    assert_error(
+        &sts.token(&other_zone).await?,
+        403,
+        "zone_invalid",
+        "application agent-app is registered in zone acme, not in zone other",
+    );
+    let mut no_zone = bootstrap_form(AGENT, "resource://crm");
+    no_zone.remove(1);
+    assert_error(
+        &sts.token(&no_zone).await?,
+        400,
+        "invalid_token",
+        "zone_id is required",
+    );
+    sts.stop().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn form_rules_are_checked_in_order_over_http() -> anyhow::Result<()> {
+    let (_db, sts) = start().await?;
+    let body = http::form_encode(&bootstrap_form(AGENT, "resource://crm"));
+    let form = [("content-type", "application/x-www-form-urlencoded")];
+    let resp = http::request(sts.addr, "POST", "/oauth/2/token?x=1", &form, body.clone()).await?;
+    assert_error(
+        &resp,
+        400,
+        "invalid_token",
+        "query parameters are not allowed",
+    );
+    let resp = http::request(
+        sts.addr,
+        "POST",
+        "/oauth/2/token",
+        &[("content-type", "application/json")],
+        "{}",
+    )
+    .await?;
+    assert_error(
+        &resp,
+        415,
+        "invalid_token",
+        "content type must be application/x-www-form-urlencoded",
+    );
+    let big = format!("{body}&pad={}", "x".repeat(70 * 1024));
+    let resp = http::request(sts.addr, "POST", "/oauth/2/token", &form, big).await?;
+    assert_error(
+        &resp,
+        413,
+        "payload_too_large",
+        "request body exceeds 64 KiB",
+    );
+    let resp = http::get(sts.addr, "/oauth/2/token").await?;
+    assert_error(&resp, 405, "invalid_token", "method not allowed");
+    let dup = format!("{body}&scope=x");
+    let resp = http::request(sts.addr, "POST", "/oauth/2/token", &form, dup).await?;
+    assert_error(&resp, 400, "invalid_token", "duplicate form field: scope");
+    let resp = sts.token(&[("grant_type", "password")]).await?;
+    assert_error(&resp, 400, "invalid_token", "unsupported grant_type");
+    let mut ttl = bootstrap_form(AGENT, "resource://crm");
+    ttl.push(("ttl_seconds", "3601"));
+    assert_error(
+        &sts.token(&ttl).await?,
+        400,
+        "invalid_token",
+        "ttl_seconds exceeds token TTL cap",
+    );
+    let mut no_resource = bootstrap_form(AGENT, "resource://crm");
+    no_resource.pop();
+    assert_error(
+        &sts.token(&no_resource).await?,
+        400,
+        "invalid_token",
+        "at least one resource is required",
+    );
+    let resp = http::request(
+        sts.addr,
+        "POST",
+        "/oauth/2/token",
+        &[
+            ("content-type", "application/x-www-form-urlencoded"),
+            ("x-caracal-gateway-ts", "1"),
+        ],
+        body,
+    )
+    .await?;
+    assert_error(
+        &resp,
+        401,
+        "access_denied",
+        "invalid gateway exchange signature",
+    );
+    // An inbound request id is echoed; a bad one is replaced.
+    let resp = http::request(
+        sts.addr,
+        "GET",
+        "/nope",
+        &[("x-request-id", "trace-123")],
+        "",
+    )
+    .await?;
+    assert_eq!(resp.header("x-request-id").as_deref(), Some("trace-123"));
+    let resp = http::request(
+        sts.addr,
+        "GET",
+        "/nope",
+        &[("x-request-id", "has space")],
+        "",
+    )
+    .await?;
+    assert_ne!(resp.header("x-request-id").as_deref(), Some("has space"));
+    sts.stop().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn policy_denials_and_partial_grants() -> anyhow::Result<()> {
+    let (_db, sts) = start().await?;
+    // Only an unknown resource: nothing granted, no policy reason.
+    assert_error(
+        &sts.token(&bootstrap_form(AGENT, "resource://ghost"))
+            .await?,
+        403,
+        "access_denied",
+        "policy denied",
+    );
+    // A resource the application does not own.
+    assert_error(
+        &sts.token(&bootstrap_form(AGENT, "resource://reports"))
+            .await?,
+        403,
+        "access_denied",
+        "policy denied (no_rule_matched)",
+    );
+    // One owned resource and one unknown: the owned one is granted.
+    let mut partial = bootstrap_form(AGENT, "resource://crm");
+    partial.push(("resource", "resource://ghost"));
+    let resp = sts.token(&partial).await?;
+    assert_eq!(resp.status, 200);
+    assert_eq!(
+        resp.json()?["target_resources"],
+        serde_json::json!(["resource://crm"])
+    );
+    // The role holds reports:read only.
+    assert_error(
+        &sts.token(&delegated_form("reports:read reports:write"))
+            .await?,
+        403,
+        "access_denied",
+        "policy denied (role_scope_mismatch)",
+    );
+    // A scope the resource does not declare is skipped (scope_mismatch): nothing granted.
+    let mut undeclared = bootstrap_form(AGENT, "resource://crm");
+    undeclared[4] = ("scope", "crm:delete");
+    assert_error(
+        &sts.token(&undeclared).await?,
+        403,
+        "access_denied",
+        "policy denied",
+    );
+    sts.stop().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_zone_without_an_active_policy_set_denies_everything() -> anyhow::Result<()> {
+    let db = TestDb::migrated().await?;
+    scenario(&db).await?;
+    Provision::open(&db)
+        .await?
+        .exec("UPDATE policy_set_bindings SET active_version_id = NULL")
+        .await?;
+    let sts = StsFixture::start(&db).await?;
+    assert_error(
+        &sts.token(&bootstrap_form(AGENT, "resource://crm")).await?,
+        403,
+        "access_denied",
+        "policy denied (no_active_policy_set)",
+    );
+    sts.stop().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn ttl_defaults_caps_and_delegation_bounds() -> anyhow::Result<()> {
+    let (db, sts) = start().await?;
+    let mut short = bootstrap_form(AGENT, "resource://crm");
+    short.push(("ttl_seconds", "60"));
+    assert_eq!(sts.token(&short).await?.json()?["expires_in"], 60);
+    let mut max = bootstrap_form(AGENT, "resource://crm");
+    max.push(("ttl_seconds", "3600"));
+    assert_eq!(sts.token(&max).await?.json()?["expires_in"], 3600);
+
+    let mut p = Provision::open(&db).await?;
+    p.exec(r#"UPDATE caracal.delegation_edges SET constraints_json = '{"max_hops": 1, "ttl_seconds": 120}'"#).await?;
+    // The default TTL is capped by the edge; an explicit request above it is refused.
+    assert_eq!(
+        sts.token(&delegated_form("reports:read")).await?.json()?["expires_in"],
+        120
+    );
+    let mut above = delegated_form("reports:read");
+    above.push(("ttl_seconds", "121"));
+    assert_error(
+        &sts.token(&above).await?,
+        403,
+        "access_denied",
+        "requested ttl exceeds delegation ttl",
+    );
+    let mut within = delegated_form("reports:read");
+    within.push(("ttl_seconds", "100"));
+    assert_eq!(sts.token(&within).await?.json()?["expires_in"], 100);
+    // The edge's own expiry caps the mandate.
+    p.exec(r#"UPDATE caracal.delegation_edges SET constraints_json = '{"max_hops": 1}', expires_at = now() + interval '30 seconds'"#).await?;
+    let capped = sts.token(&delegated_form("reports:read")).await?.json()?["expires_in"]
+        .as_i64()
+        .unwrap();
+    assert!(
+        (28..=30).contains(&capped),
+        "expires_in {capped} must follow the edge expiry"
+    );
+    sts.stop().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn revalidation_failures_deny_with_their_descriptions() -> anyhow::Result<()> {
+    let (db, sts) = start().await?;
+    let mut p = Provision::open(&db).await?;
+    let mut wrong_target = delegated_form("reports:read");
+    wrong_target[6] = ("agent_session_id", "s-parent");
+    assert_error(
+        &sts.token(&wrong_target).await?,
+        403,
+        "access_denied",
+        "delegation edge target mismatch",
+    );
+    let mut no_session = delegated_form("reports:read");
+    no_session.remove(6);
+    assert_error(
+        &sts.token(&no_session).await?,
+        403,
+        "access_denied",
+        "delegation requires a target Session",
+    );
+    p.exec("UPDATE caracal.agent_sessions SET status = 'suspended' WHERE id = 's-parent'")
+        .await?;
+    assert_error(
+        &sts.token(&delegated_form("reports:read")).await?,
+        403,
+        "access_denied",
+        "delegation source inactive or expired",
+    );
+    p.exec("UPDATE caracal.agent_sessions SET status = 'active' WHERE id = 's-parent'")
+        .await?;
+    p.exec("UPDATE caracal.delegation_edges SET status = 'revoked', revoked_at = now() WHERE id = 'e1'").await?;
+    assert_error(
+        &sts.token(&delegated_form("reports:read")).await?,
+        403,
+        "access_denied",
+        "delegation edge inactive or expired",
+    );
+    sts.stop().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn repeated_authentication_failures_block_even_the_right_secret() -> anyhow::Result<()> {
+    let (db, sts) = start().await?;
+    // Redis is shared by every test: the locked-out application gets a name of its own.
+    let app = format!("lockout-{}", uuid::Uuid::new_v4().simple());
+    Provision::open(&db)
+        .await?
+        .application(ZONE, &app, SECRET, &[])
+        .await?;
+    let mut wrong = bootstrap_form(&app, "resource://reports");
+    wrong[3] = ("client_secret", "wrong");
+    for _ in 0..61 {
+        assert_eq!(sts.token(&wrong).await?.status, 401);
+    }
+    let right = bootstrap_form(&app, "resource://reports");
+    assert_error(
+        &sts.token(&right).await?,
+        429,
+        "provider_rate_limited",
+        "authentication rate limit exceeded",
+    );
+    // Another application is not affected.
+    assert_eq!(
+        sts.token(&bootstrap_form(AGENT, "resource://ghost"))
+            .await?
+            .status,
+        403
+    );
+    sts.stop().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn redis_down_fails_closed_and_audit_spills_to_replay_files() -> anyhow::Result<()> {
+    let db = TestDb::migrated().await?;
+    scenario(&db).await?;
+    let sts = StsFixture::start_with(&db, &[("REDIS_URL", "redis://127.0.0.1:1")]).await?;
+    assert_error(
+        &sts.token(&bootstrap_form(AGENT, "resource://crm")).await?,
+        429,
+        "provider_rate_limited",
+        "authentication rate limit unavailable",
+    );
+    let ready = http::get(sts.addr, "/ready").await?;
+    assert_eq!(ready.status, 503);
+    assert_eq!(ready.json()?["reason"], "redis_unreachable");
+    sts.stop().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn jwks_answers_with_headers_and_catalog_errors() -> anyhow::Result<()> {
+    let (_db, sts) = start().await?;
+    assert_error(
+        &http::get(sts.addr, "/.well-known/jwks.json").await?,
+        400,
+        "invalid_token",
+        "zone_id required",
+    );
+    assert_error(
+        &http::get(sts.addr, "/.well-known/jwks.json?zone_id=nowhere").await?,
+        404,
+        "resource_not_found",
+        "zone has no signing keys",
+    );
+    // The zone exists but has not signed anything yet: 404, never an empty set.
+    assert_eq!(
+        http::get(sts.addr, &format!("/.well-known/jwks.json?zone_id={ZONE}"))
+            .await?
+            .status,
+        404
+    );
+    assert_eq!(
+        sts.token(&bootstrap_form(AGENT, "resource://crm"))
+            .await?
+            .status,
+        200
+    );
+    let jwks = http::get(sts.addr, &format!("/.well-known/jwks.json?zone_id={ZONE}")).await?;
+    assert_eq!(jwks.status, 200);
+    assert_eq!(
+        jwks.header("cache-control").as_deref(),
+        Some("public, max-age=300, must-revalidate")
+    );
+    assert_eq!(
+        jwks.header("x-content-type-options").as_deref(),
+        Some("nosniff")
+    );
+    let keys = jwks.json()?;
+    let key = &keys["keys"][0];
+    assert_eq!(key["kty"], "EC");
+    assert_eq!(key["crv"], "P-256");
+    assert_eq!(key["alg"], "ES256");
+    assert_eq!(key["use"], "sig");
+    assert_eq!(key["x"].as_str().unwrap().len(), 43);
+    assert_eq!(key["y"].as_str().unwrap().len(), 43);
+    sts.stop().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn subject_token_exchanges_outside_the_gateway_grant_nothing() -> anyhow::Result<()> {
+    let (_db, sts) = start().await?;
+    let session = sts
+        .token(&bootstrap_form(AGENT, "resource://crm"))
+        .await?
+        .json()?;
+    let token = session["access_token"].as_str().unwrap().to_owned();
+    let mut form = bootstrap_form(AGENT, "resource://crm");
+    form.push(("subject_token", &token));
+    form.push((
+        "subject_token_type",
+        "urn:ietf:params:oauth:token-type:access_token",
+    ));
+    form[4] = ("scope", "crm:read");
+    // Class C (wire-contract §2.4): the contract has no rule for a session mandate presented
+    // directly with requested scopes, so nothing is granted and the answer is "policy
+    // denied"; step 15's "resource exchanges must use the Gateway" follows only a grant.
+    assert_error(
+        &sts.token(&form).await?,
+        403,
+        "access_denied",
+        "policy denied (no_rule_matched)",
+    );
+    // A form session_id other than the token's sid is a binding failure.
+    let mut mismatch = form.clone();
+    mismatch.push(("session_id", "some-other-record"));
+    assert_error(
+        &sts.token(&mismatch).await?,
+        403,
+        "access_denied",
+        "authority record mismatch",
+    );
+    // A tampered token is an invalid subject token.
+    let tampered = format!("{}x", &token[..token.len() - 1]);
+    form[6] = ("subject_token", &tampered);
+    assert_error(
+        &sts.token(&form).await?,
+        401,
+        "invalid_token",
+        "invalid subject_token",
+    );
+    sts.stop().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn control_keys_mint_resource_mandates_without_a_zone() -> anyhow::Result<()> {
+    let (_db, sts) = start().await?;
+    let form = [
+        ("grant_type", GRANT),
+        ("application_id", "ops-app"),
+        ("client_secret", SECRET),
+        ("resource", "caracal-control"),
+        ("scope", "control:read"),
+    ];
+    let resp = sts.token(&form).await?;
+    assert_eq!(resp.status, 200, "{:?}", resp.json());
+    let body = resp.json()?;
+    assert_eq!(
+        body["expires_in"], 120,
+        "control:max-ttl:120 caps the default"
+    );
+    let claims = jwt_claims(body["access_token"].as_str().unwrap())?;
+    assert_eq!(claims["use"], "resource");
+    assert_eq!(claims["aud"], serde_json::json!(["caracal-control"]));
+    assert_eq!(claims["zone_id"], ZONE);
+    // The control resource for anyone else.
+    let mut other = bootstrap_form(AGENT, "caracal-control");
+    other[4] = ("scope", "control:read");
+    assert_error(
+        &sts.token(&other).await?,
+        403,
+        "access_denied",
+        "control resource requires a control key",
+    );
+    sts.stop().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn every_decision_reaches_the_audit_stream_signed() -> anyhow::Result<()> {
+    let (_db, sts) = start().await?;
+    let resp = http::request(
+        sts.addr,
+        "POST",
+        "/oauth/2/token",
+        &[
+            ("content-type", "application/x-www-form-urlencoded"),
+            ("x-request-id", &format!("audit-{}", sts.addr.port())),
+        ],
+        http::form_encode(&bootstrap_form(AGENT, "resource://crm")),
+    )
+    .await?;
+    assert_eq!(resp.status, 200);
+    let request_id = resp.header("x-request-id").unwrap();
+    let client = redis::Client::open(tests_harness::sts::redis_url())?;
+    let mut conn = client.get_multiplexed_async_connection().await?;
+    let key = control_crypto::HmacKey::from_hex(&sts.audit_key_hex)?;
+    let mut found = None;
+    for _ in 0..50 {
+        let entries: redis::streams::StreamRangeReply = redis::cmd("XREVRANGE")
+            .arg("caracal.audit.events")
+            .arg("+")
+            .arg("-")
+            .arg("COUNT")
+            .arg(500)
+            .query_async(&mut conn)
+            .await?;
+        found = entries.ids.into_iter().find_map(|entry| {
+            let data: String = entry.get("data")?;
+            let event: Value = serde_json::from_str(&data).ok()?;
+            (event["request_id"] == request_id.as_str())
+                .then(|| (data, entry.get::<String>("sig").unwrap_or_default(), event))
+        });
+        if found.is_some() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let (data, sig, event) = found.expect("the decision event reaches the stream");
+    assert!(
+        control_crypto::verify_hmac_sha256_hex(&key, &[data.as_bytes()], &sig),
+        "sig covers data"
+    );
+    assert_eq!(event["event_type"], "token_exchange");
+    assert_eq!(event["decision"], "allow");
+    assert_eq!(event["evaluation_status"], "complete");
+    assert_eq!(event["zone_id"], ZONE);
+    assert_eq!(
+        event["determining_policies_json"],
+        serde_json::json!([{"policy": "caracal-bootstrap"}])
+    );
+    assert_eq!(
+        event["metadata_json"]["decision_contract_version"],
+        "2026-07-12"
+    );
+    assert_eq!(event["metadata_json"]["application_id"], AGENT);
+    sts.stop().await;
+    Ok(())
+}
+
+fn payment_form() -> Vec<(&'static str, &'static str)> {
+    vec![
+        ("grant_type", GRANT),
+        ("zone_id", ZONE),
+        ("application_id", CHILD),
+        ("client_secret", SECRET),
+        ("scope", "payments:send"),
+        ("resource", "resource://payments"),
+        ("agent_session_id", "s-child"),
+        ("delegation_edge_id", "e1"),
+    ]
+}
+
+#[tokio::test]
+async fn a_risky_mint_is_held_for_approval_and_released_once() -> anyhow::Result<()> {
+    let (db, sts) = start().await?;
+    let held = sts.token(&payment_form()).await?;
+    assert_eq!(held.status, 401);
+    assert_eq!(
+        held.header("www-authenticate").as_deref(),
+        Some("Bearer error=\"interaction_required\"")
+    );
+    let hold = held.json()?;
+    assert_eq!(hold["error"], "interaction_required");
+    assert_eq!(
+        hold["error_description"],
+        "Human approval required for this request"
+    );
+    assert_eq!(hold["approval_type"], "human_approval");
+    assert_eq!(hold["state"], "pending");
+    assert_eq!(hold["tier"], "high");
+    assert_eq!(hold["binding"].as_str().unwrap().len(), 64);
+    let id = hold["approval_id"].as_str().unwrap().to_owned();
+    // Holds converge per binding.
+    assert_eq!(
+        sts.token(&payment_form()).await?.json()?["approval_id"],
+        id.as_str()
+    );
+
+    // The poll answers pending at once, and holds for `wait` while pending.
+    let poll = http::get(sts.addr, &format!("/approvals/{id}")).await?;
+    assert_eq!(poll.json()?["state"], "pending");
+    let started = tokio::time::Instant::now();
+    let poll = http::get(sts.addr, &format!("/approvals/{id}?wait=1")).await?;
+    assert!(started.elapsed() >= std::time::Duration::from_millis(900));
+    assert_eq!(poll.json()?["state"], "pending");
+    assert_error(
+        &http::get(sts.addr, &format!("/approvals/{id}?wait=x")).await?,
+        400,
+        "invalid_token",
+        "invalid wait",
+    );
+    assert_error(
+        &http::get(sts.addr, "/approvals/not-a-uuid").await?,
+        404,
+        "resource_not_found",
+        "approval not found",
+    );
+    assert_error(
+        &http::get(sts.addr, &format!("/approvals/{}", uuid::Uuid::new_v4())).await?,
+        404,
+        "resource_not_found",
+        "approval not found",
+    );
+
+    // Retrying while pending answers the same hold.
+    let mut retry = payment_form();
+    retry.push(("approval_id", &id));
+    assert_eq!(sts.token(&retry).await?.json()?["approval_id"], id.as_str());
+
+    // An operator approves (the admin API arrives in issue 4): the retry mints once.
+    Provision::open(&db).await?
+        .exec(&format!("UPDATE caracal.step_up_challenges SET satisfied_at = now(), decided_by = 'admin:test' WHERE id = '{id}'"))
+        .await?;
+    let waited = http::get(sts.addr, &format!("/approvals/{id}?wait=5")).await?;
+    assert_eq!(waited.json()?["state"], "approved");
+    let minted = sts.token(&retry).await?;
+    assert_eq!(minted.status, 200, "{:?}", minted.json());
+    let claims = jwt_claims(minted.json()?["access_token"].as_str().unwrap())?;
+    assert_eq!(claims["use"], "gateway");
+    assert_eq!(
+        http::get(sts.addr, &format!("/approvals/{id}"))
+            .await?
+            .json()?["state"],
+        "consumed"
+    );
+
+    // A retry within two minutes re-issues for the same record; later it is refused.
+    let again = sts.token(&retry).await?;
+    assert_eq!(again.status, 200, "{:?}", again.json());
+    assert_eq!(
+        jwt_claims(again.json()?["access_token"].as_str().unwrap())?["sid"],
+        claims["sid"]
+    );
+    Provision::open(&db).await?
+        .exec(&format!("UPDATE caracal.step_up_challenges SET consumed_at = now() - interval '3 minutes' WHERE id = '{id}'"))
+        .await?;
+    assert_error(
+        &sts.token(&retry).await?,
+        409,
+        "approval_consumed",
+        "approval already consumed",
+    );
+
+    // The approval is bound to its request: other scopes do not match.
+    let mut other = retry.clone();
+    other[4] = ("scope", "reports:read");
+    other[5] = ("resource", "resource://reports");
+    assert_error(
+        &sts.token(&other).await?,
+        401,
+        "access_denied",
+        "approval not found or bindings do not match",
+    );
+    sts.stop().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn rejected_and_expired_approvals_are_refused() -> anyhow::Result<()> {
+    let (db, sts) = start().await?;
+    let id = sts.token(&payment_form()).await?.json()?["approval_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut retry = payment_form();
+    retry.push(("approval_id", &id));
+    let mut p = Provision::open(&db).await?;
+    p.exec(&format!(
+        "UPDATE caracal.step_up_challenges SET rejected_at = now() WHERE id = '{id}'"
+    ))
+    .await?;
+    assert_error(
+        &sts.token(&retry).await?,
+        403,
+        "access_denied",
+        "approval was rejected",
+    );
+    // A rejection stays in force for new mints of the same binding until the hold expires.
+    assert_error(
+        &sts.token(&payment_form()).await?,
+        403,
+        "access_denied",
+        "approval was rejected",
+    );
+    p.exec(&format!("UPDATE caracal.step_up_challenges SET rejected_at = NULL, expires_at = now() - interval '1 second' WHERE id = '{id}'")).await?;
+    assert_error(
+        &sts.token(&retry).await?,
+        401,
+        "access_denied",
+        "approval expired",
+    );
+    // A new mint replaces the expired hold with a fresh one.
+    let fresh = sts.token(&payment_form()).await?.json()?;
+    assert_ne!(fresh["approval_id"], id.as_str());
+    assert_eq!(fresh["state"], "pending");
+    sts.stop().await;
+    Ok(())
+}

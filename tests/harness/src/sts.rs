@@ -1,0 +1,106 @@
+//! A real STS on `127.0.0.1:<free port>` against a test database and the machine's Redis.
+
+use std::{collections::HashMap, net::SocketAddr};
+
+use control_sts::{StsConfig, StsHandle};
+
+use crate::{TestDb, http};
+
+/// The Redis the tests use (`CARACAL_TEST_REDIS_URL`, default `redis://127.0.0.1:6379`).
+pub fn redis_url() -> String {
+    std::env::var("CARACAL_TEST_REDIS_URL")
+        .unwrap_or_else(|_unset| "redis://127.0.0.1:6379".to_owned())
+}
+
+/// A running STS and what a test needs to talk to it.
+pub struct StsFixture {
+    handle: Option<StsHandle>,
+    /// Listen address.
+    pub addr: SocketAddr,
+    /// `ISSUER_URL` (= `http://<addr>`).
+    pub issuer: String,
+    /// The KEK the STS seals keys with (hex).
+    pub kek_hex: String,
+    /// The audit HMAC key (hex).
+    pub audit_key_hex: String,
+    /// The replay directory (deleted with the fixture).
+    pub replay_dir: tempfile::TempDir,
+}
+
+impl StsFixture {
+    /// Starts an STS with the default test settings.
+    pub async fn start(db: &TestDb) -> anyhow::Result<Self> {
+        Self::start_with(db, &[]).await
+    }
+
+    /// Starts an STS; `overrides` replace or add environment settings.
+    pub async fn start_with(db: &TestDb, overrides: &[(&str, &str)]) -> anyhow::Result<Self> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let issuer = format!("http://{addr}");
+        let replay_dir = tempfile::tempdir()?;
+        let kek_hex = "7a".repeat(32);
+        let audit_key_hex = "5c".repeat(32);
+        let mut env: HashMap<String, String> = HashMap::from([
+            ("DATABASE_URL".to_owned(), db.url()),
+            ("REDIS_URL".to_owned(), redis_url()),
+            ("ZONE_KEK".to_owned(), kek_hex.clone()),
+            ("AUDIT_HMAC_KEY".to_owned(), audit_key_hex.clone()),
+            ("ISSUER_URL".to_owned(), issuer.clone()),
+            ("CARACAL_STS_ADDR".to_owned(), addr.to_string()),
+            (
+                "AUDIT_REPLAY_DIR".to_owned(),
+                replay_dir.path().display().to_string(),
+            ),
+            (
+                "CARACAL_INSTANCE_ID".to_owned(),
+                format!("sts-test-{}", addr.port()),
+            ),
+            ("CARACAL_DB_POOL_MAX".to_owned(), "4".to_owned()),
+            ("CARACAL_DB_POOL_MIN".to_owned(), "0".to_owned()),
+            ("CARACAL_ARGON2_M_KIB".to_owned(), "8".to_owned()),
+            ("CARACAL_ARGON2_T".to_owned(), "1".to_owned()),
+            ("CARACAL_POLICY_POLL_SECONDS".to_owned(), "1".to_owned()),
+        ]);
+        for (k, v) in overrides {
+            env.insert((*k).to_owned(), (*v).to_owned());
+        }
+        let lookup = move |name: &str| env.get(name).cloned().filter(|v| !v.is_empty());
+        let config = StsConfig::from_lookup(&lookup)?;
+        let handle = control_sts::start_with_listener(config, &lookup, listener).await?;
+        Ok(Self {
+            handle: Some(handle),
+            addr,
+            issuer,
+            kek_hex,
+            audit_key_hex,
+            replay_dir,
+        })
+    }
+
+    /// `POST /oauth/2/token` with a form.
+    pub async fn token(&self, form: &[(&str, &str)]) -> anyhow::Result<http::HttpResponse> {
+        http::post_form(self.addr, "/oauth/2/token", form).await
+    }
+
+    /// Stops the STS and waits for its tasks.
+    pub async fn stop(mut self) {
+        if let Some(handle) = self.handle.take() {
+            handle.stop().await;
+        }
+    }
+}
+
+/// The token-exchange grant type.
+pub const GRANT: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+
+/// Decodes a JWT's claims without verifying (tests verify separately against the JWKS).
+pub fn jwt_claims(token: &str) -> anyhow::Result<serde_json::Value> {
+    use base64::Engine as _;
+    let payload = token
+        .split('.')
+        .nth(1)
+        .ok_or_else(|| anyhow::anyhow!("not a JWT"))?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload)?;
+    Ok(serde_json::from_slice(&bytes)?)
+}
