@@ -38,7 +38,16 @@ conformance: services clean-test-dbs
 	scripts/conformance-venv.sh
 	$(CARGO) test -p tests-e2e --test conformance --locked -- --nocapture
 
-# Targets that later issues fill in: plugins (issue 6), fuzz smoke runs and benchmarks
-# (bench/README.md).
-plugins fuzz-smoke bench:
+# Short coverage-guided runs of every fuzz target (nightly toolchain, cargo-fuzz from
+# crates.io). FUZZ_SECONDS per target, default 20.
+FUZZ_SECONDS ?= 20
+fuzz-smoke:
+	scripts/fuzz-smoke.sh $(FUZZ_SECONDS)
+
+# STS mint load benchmark (release build, pinned with taskset; see bench/README.md).
+bench:
+	bench/load/sts_mints.sh
+
+# Targets that later issues fill in: plugins (issue 6).
+plugins:
 	@echo "make $@: nothing to run yet; see docs/ARCHITECTURE.md (crate index) for the issue that adds it"

@@ -48,6 +48,13 @@ enum KeysCommand {
     Generate,
     /// Load ZONE_KEK and the HMAC keys the way the services do and print their ids.
     Check,
+    /// Rotate a zone's signing key: the new key is published now and signs 330 s later;
+    /// the old one keeps verifying for SIGNING_KEY_GRACE_HOURS (24).
+    Rotate {
+        /// The zone whose key rotates.
+        #[arg(long)]
+        zone: String,
+    },
 }
 
 impl Cli {
@@ -75,6 +82,7 @@ pub(crate) async fn run(cli: Cli) -> ExitCode {
         Command::Keys { command } => match command {
             KeysCommand::Generate => keys::generate(&mut stdout),
             KeysCommand::Check => keys::check(&process_env, &mut stdout),
+            KeysCommand::Rotate { zone } => keys::rotate(&zone, &process_env, &mut stdout).await,
         },
     };
     exit(outcome)

@@ -3,6 +3,7 @@
 //! This crate owns:
 //! - the names of every Redis stream, stream field, consumer group and
 //!   Redis key pattern ([`streams`], `storage-and-events.md` §6);
+//! - fan-out consumers that every replica runs under its own group ([`fanout`], §6.2, §6.4);
 //! - the audit emitter shared by the STS and the gateway ([`audit`], §9):
 //!   the producer's event ([`audit::AuditEvent`], §8.1) and its `sig`,
 //!   audit slots reserved at admission, the batching writer with its Redis
@@ -24,4 +25,5 @@
 //! Start reading at [`audit::AuditEmitter`].
 
 pub mod audit;
+pub mod fanout;
 pub mod streams;

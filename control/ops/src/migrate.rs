@@ -22,14 +22,14 @@ pub struct MigrateArgs {
 
 /// Where the KEK canary lives (§10.1): a constant plaintext sealed under `ZONE_KEK`.
 pub const KEK_CANARY_CONTEXT: SealContext<'static> = SealContext {
-    table: "kek_check",
-    column: "ciphertext",
-    zone_id: "*",
-    row_id: "kek_check",
+    table: control_store::kek_check::CANARY_TABLE,
+    column: control_store::kek_check::CANARY_COLUMN,
+    zone_id: control_store::kek_check::CANARY_ZONE,
+    row_id: control_store::kek_check::CANARY_ROW,
 };
 
 /// The canary's plaintext.
-pub const KEK_CANARY_PLAINTEXT: &[u8] = b"caracal.kek_check.v1";
+pub const KEK_CANARY_PLAINTEXT: &[u8] = control_store::kek_check::CANARY_PLAINTEXT;
 
 /// Runs `caracal migrate` (or `--verify`) against `CARACAL_MIGRATE_DATABASE_URL` or
 /// `DATABASE_URL`. When `ZONE_KEK` is set it is validated first, and the KEK canary is

@@ -202,3 +202,63 @@ pub async fn consume_and_record(
     .await?;
     Ok(inserted.is_some())
 }
+
+/// A subject's decision on a hold (authority §6.5, `POST /approvals/{id}/decision`).
+#[derive(Debug, Clone)]
+pub struct SubjectDecision<'a> {
+    /// The hold.
+    pub id: &'a str,
+    /// Its zone.
+    pub zone_id: &'a str,
+    /// `true` approves (`satisfied_at`), `false` rejects (`rejected_at`).
+    pub approve: bool,
+    /// The decider as the hold's privacy mode shapes it; also stored as `decided_by`.
+    pub approver_subject_id: &'a str,
+    /// The approver's authority record (always kept).
+    pub approver_authority_record_id: &'a str,
+    /// Optional reason (≤ 500 characters; the table checks it too).
+    pub reason: Option<&'a str>,
+}
+
+/// Records a subject decision on a pending hold and notifies `caracal_approval_decided`,
+/// both inside the caller's transaction, so the notification fires only if the decision
+/// commits. The update lands only on a live `human_approval` hold that is neither decided
+/// nor consumed nor expired; `None` means no hold changed (the caller answers 409). Returns
+/// the decided row and its `metadata_json`.
+pub async fn decide_by_subject(
+    conn: &mut PgConnection,
+    decision: &SubjectDecision<'_>,
+) -> Result<Option<(ApprovalRow, serde_json::Value)>, sqlx::Error> {
+    let row = sqlx::query_as::<_, ApprovalRow>(&format!(
+        "UPDATE step_up_challenges \
+            SET satisfied_at = CASE WHEN $3 THEN now() END, \
+                rejected_at = CASE WHEN $3 THEN NULL ELSE now() END, \
+                decided_by = $4, approver_subject_id = $4, approver_authority_record_id = $5, \
+                decision_reason = $6, updated_at = now(), updated_by = 'system:sts' \
+          WHERE id = $1 AND zone_id = $2 AND challenge_type = 'human_approval' \
+            AND satisfied_at IS NULL AND rejected_at IS NULL AND consumed_at IS NULL \
+            AND expires_at > now() \
+          RETURNING {COLUMNS}"
+    ))
+    .bind(decision.id)
+    .bind(decision.zone_id)
+    .bind(decision.approve)
+    .bind(decision.approver_subject_id)
+    .bind(decision.approver_authority_record_id)
+    .bind(decision.reason)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some(row) = row else {
+        return Ok(None);
+    };
+    let metadata: serde_json::Value =
+        sqlx::query_scalar("SELECT metadata_json FROM step_up_challenges WHERE id = $1")
+            .bind(decision.id)
+            .fetch_one(&mut *conn)
+            .await?;
+    sqlx::query("SELECT pg_notify('caracal_approval_decided', $1)")
+        .bind(decision.id)
+        .execute(&mut *conn)
+        .await?;
+    Ok(Some((row, metadata)))
+}

@@ -30,6 +30,7 @@ pub mod approvals;
 pub mod authority_records;
 pub mod delegation;
 mod error;
+pub mod kek_check;
 pub mod migrate;
 pub mod outbox;
 pub mod policy_sets;
@@ -39,6 +40,7 @@ mod role;
 pub mod schema;
 pub mod settings;
 pub mod signing_keys;
+pub mod subject_issuers;
 pub mod zone;
 
 pub use error::{ConfigError, StoreError};

@@ -109,3 +109,75 @@ pub async fn zone_exists(conn: &mut PgConnection, zone_id: &str) -> Result<bool,
         .fetch_one(conn)
         .await
 }
+
+/// Marks `pending` keys whose activation time has passed `active`, and the keys they
+/// replace `retiring` with `rotated_at` = the successor's activation (storage §10.4).
+/// Returns the ids of keys that became active.
+pub async fn activate_due(
+    conn: &mut PgConnection,
+    zone_id: &str,
+) -> Result<Vec<String>, sqlx::Error> {
+    let activated: Vec<(String, DateTime<Utc>, i32)> = sqlx::query_as(
+        "SELECT id, activates_at, version FROM secrets \
+          WHERE zone_id = $1 AND entity_id = $1 AND name = 'zone_signing_key' AND status = 'pending' \
+            AND activates_at <= now() ORDER BY version",
+    )
+    .bind(zone_id)
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut ids = Vec::new();
+    for (id, activates_at, version) in activated {
+        sqlx::query(
+            "UPDATE secrets SET status = 'retiring', rotated_at = $2, updated_at = now(), updated_by = 'system:sts' \
+              WHERE zone_id = $1 AND entity_id = $1 AND name = 'zone_signing_key' AND status = 'active' AND version < $3",
+        )
+        .bind(zone_id)
+        .bind(activates_at)
+        .bind(version)
+        .execute(&mut *conn)
+        .await?;
+        sqlx::query("UPDATE secrets SET status = 'active', updated_at = now(), updated_by = 'system:sts' WHERE id = $1")
+            .bind(&id)
+            .execute(&mut *conn)
+            .await?;
+        ids.push(id);
+    }
+    Ok(ids)
+}
+
+/// Marks `retiring` keys whose grace ended `retired`; returns their ids.
+pub async fn retire_expired(
+    conn: &mut PgConnection,
+    zone_id: &str,
+    grace_seconds: i64,
+) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar(
+        "UPDATE secrets SET status = 'retired', updated_at = now(), updated_by = 'system:sts' \
+          WHERE zone_id = $1 AND entity_id = $1 AND name = 'zone_signing_key' AND status = 'retiring' \
+            AND rotated_at + make_interval(secs => $2) <= now() \
+          RETURNING id",
+    )
+    .bind(zone_id)
+    .bind(grace_seconds as f64)
+    .fetch_all(conn)
+    .await
+}
+
+/// Live zones (the zone registry is not row-level secured, so any role can list it; the
+/// STS cannot read `secrets` across zones, so sweeps visit each zone in turn).
+pub async fn live_zones(conn: &mut PgConnection) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar("SELECT id FROM zones WHERE archived_at IS NULL ORDER BY id")
+        .fetch_all(conn)
+        .await
+}
+
+/// The highest key version of the zone (0 when it has none).
+pub async fn latest_version(conn: &mut PgConnection, zone_id: &str) -> Result<i32, sqlx::Error> {
+    let v: Option<i32> = sqlx::query_scalar(
+        "SELECT max(version) FROM secrets WHERE zone_id = $1 AND entity_id = $1 AND name = 'zone_signing_key'",
+    )
+    .bind(zone_id)
+    .fetch_one(conn)
+    .await?;
+    Ok(v.unwrap_or(0))
+}

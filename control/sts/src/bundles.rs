@@ -71,6 +71,19 @@ impl Bundles {
         }
     }
 
+    /// Re-reads one zone's binding and rebuilds its bundle (on `caracal.policy.invalidate`).
+    pub(crate) async fn refresh_zone(&self, zone: &ZoneId) -> Result<(), StsError> {
+        let mut tx = zone_tx(&self.pool, zone).await?;
+        let binding = policy_sets::active_bindings(&mut tx)
+            .await?
+            .into_iter()
+            .next();
+        let slot = self.build_slot(&mut tx, zone.as_str(), binding).await;
+        tx.commit().await?;
+        self.store(zone.as_str(), slot);
+        Ok(())
+    }
+
     /// Re-reads every active binding and rebuilds the zones whose version changed. Errors
     /// keep the cached bundles (a transient database error must not drop policy).
     pub(crate) async fn refresh_all(&self) -> Result<(), StsError> {

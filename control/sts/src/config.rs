@@ -35,6 +35,9 @@ pub struct StsConfig {
     pub metrics_bearer: Option<String>,
     /// `REDIS_URL` (default `redis://127.0.0.1:6379`).
     pub redis_url: String,
+    /// `AUDIT_REDIS_URL`: the Redis of the audit stream, when evidence is kept apart from
+    /// the limiter and registry state (default: `REDIS_URL`).
+    pub audit_redis_url: String,
     /// `CARACAL_POLICY_POLL_SECONDS` (default 15, 1..300).
     pub policy_poll: Duration,
     /// `CARACAL_POLICY_EVAL_TIMEOUT_MS` (default 20, 1..1000).
@@ -43,8 +46,12 @@ pub struct StsConfig {
     pub kek: KekRing,
     /// `AUDIT_HMAC_KEY`: signs audit events.
     pub audit_hmac_key: Option<HmacKey>,
+    /// `STREAMS_HMAC_KEY` then `STREAMS_HMAC_KEY_PREVIOUS`: verify stream messages.
+    pub streams_hmac_keys: Vec<HmacKey>,
     /// `SIGNING_KEY_GRACE_HOURS` (default 24).
     pub key_grace: Duration,
+    /// How often the sweeper runs (`CARACAL_STS_SWEEP_SECONDS`, default 60).
+    pub sweep_interval: Duration,
     /// Maximum concurrent connections (`CARACAL_STS_MAX_CONNECTIONS`, default 4096).
     pub max_connections: usize,
 }
@@ -113,6 +120,19 @@ impl StsConfig {
                 "AUDIT_HMAC_KEY is required when CARACAL_MODE is rc or stable".to_owned(),
             ));
         }
+        let mut streams_hmac_keys = Vec::new();
+        for var in ["STREAMS_HMAC_KEY", "STREAMS_HMAC_KEY_PREVIOUS"] {
+            if let Some(key) =
+                HmacKey::from_lookup(var, lookup).map_err(|e| ConfigError(e.to_string()))?
+            {
+                streams_hmac_keys.push(key);
+            }
+        }
+        if mode == Mode::Production && streams_hmac_keys.is_empty() {
+            return Err(ConfigError(
+                "STREAMS_HMAC_KEY is required when CARACAL_MODE is rc or stable".to_owned(),
+            ));
+        }
         Ok(Self {
             bind,
             issuer_url,
@@ -125,6 +145,9 @@ impl StsConfig {
             mode,
             metrics_bearer: lookup("METRICS_BEARER"),
             redis_url: lookup("REDIS_URL").unwrap_or_else(|| "redis://127.0.0.1:6379".to_owned()),
+            audit_redis_url: lookup("AUDIT_REDIS_URL")
+                .or_else(|| lookup("REDIS_URL"))
+                .unwrap_or_else(|| "redis://127.0.0.1:6379".to_owned()),
             policy_poll: Duration::from_secs(number("CARACAL_POLICY_POLL_SECONDS", 15, 1, 300)?),
             policy_eval_timeout: Duration::from_millis(number(
                 "CARACAL_POLICY_EVAL_TIMEOUT_MS",
@@ -134,9 +157,16 @@ impl StsConfig {
             )?),
             kek,
             audit_hmac_key,
+            streams_hmac_keys,
             key_grace: Duration::from_secs(
                 3600 * number("SIGNING_KEY_GRACE_HOURS", 24, 1, 24 * 30)?,
             ),
+            sweep_interval: Duration::from_secs(number(
+                "CARACAL_STS_SWEEP_SECONDS",
+                60,
+                1,
+                86_400,
+            )?),
             max_connections: usize::try_from(number(
                 "CARACAL_STS_MAX_CONNECTIONS",
                 4096,

@@ -28,7 +28,31 @@ pub(crate) struct LoadedKey {
     pub(crate) rotated_at: Option<DateTime<Utc>>,
     pub(crate) public: PublicKey,
     pub(crate) jwk: serde_json::Value,
-    pub(crate) signing: ZoneSigningKey,
+    /// The private key; `None` when `ZONE_KEK` does not open it (the JWKS and verification
+    /// still work from the clear `public_jwk`, signing with it fails).
+    signing: Option<ZoneSigningKey>,
+}
+
+impl LoadedKey {
+    /// Fails when this replica cannot sign with the key.
+    pub(crate) fn ensure_usable(&self) -> Result<(), StsError> {
+        match self.signing {
+            Some(_) => Ok(()),
+            None => Err(StsError::KeyUnavailable(format!(
+                "key {} cannot be opened with ZONE_KEK",
+                self.kid
+            ))),
+        }
+    }
+
+    /// Signs a serialized claim set as a compact JWS with this key's `kid`.
+    pub(crate) fn sign(&self, claims: &[u8]) -> Result<String, StsError> {
+        let key = self.signing.as_ref().ok_or_else(|| {
+            StsError::KeyUnavailable(format!("key {} cannot be opened with ZONE_KEK", self.kid))
+        })?;
+        key.sign_jwt(&self.kid, claims)
+            .map_err(|e| StsError::KeyUnavailable(e.to_string()))
+    }
 }
 
 impl LoadedKey {
@@ -83,6 +107,9 @@ impl ZoneKeys {
         Ok(keys)
     }
 
+    /// The public half comes from the clear `public_jwk` (the JWKS never decrypts); the
+    /// private half is opened under `ZONE_KEK`, and a failure there disables signing with
+    /// this key only, logged once per load without key material.
     fn decrypt(&self, row: &SigningKeyRow) -> Result<LoadedKey, StsError> {
         let context = SealContext {
             table: "secrets",
@@ -90,13 +117,34 @@ impl ZoneKeys {
             zone_id: &row.zone_id,
             row_id: &row.id,
         };
-        let der = self
+        let signing = match self
             .kek
             .open(&context, &row.nonce, &row.ciphertext, &row.dek_id)
-            .map_err(|e| StsError::KeyUnavailable(e.to_string()))?;
-        let signing = ZoneSigningKey::from_pkcs8_der(&der)
-            .map_err(|e| StsError::KeyUnavailable(format!("key {}: {e}", row.id)))?;
-        let public = signing.public_key();
+        {
+            Ok(der) => match ZoneSigningKey::from_pkcs8_der(&der) {
+                Ok(key) => Some(key),
+                Err(error) => {
+                    tracing::error!(kid = %row.id, %error, "zone signing key does not decode");
+                    None
+                }
+            },
+            Err(error) => {
+                tracing::error!(kid = %row.id, %error, "zone signing key cannot be opened");
+                None
+            }
+        };
+        let public = match (&row.public_jwk, &signing) {
+            (Some(jwk), _) => PublicKey::from_jwk(jwk).map_err(|e| {
+                StsError::KeyUnavailable(format!("key {}: public_jwk: {e}", row.id))
+            })?,
+            (None, Some(key)) => key.public_key(),
+            (None, None) => {
+                return Err(StsError::KeyUnavailable(format!(
+                    "key {} has no usable public key",
+                    row.id
+                )));
+            }
+        };
         Ok(LoadedKey {
             kid: row.id.clone(),
             version: row.version,
@@ -109,6 +157,11 @@ impl ZoneKeys {
         })
     }
 
+    /// Drops the zone's cached keys (on `caracal.keys.invalidate`).
+    pub(crate) async fn invalidate(&self, zone: &str) {
+        self.cache.invalidate(zone).await;
+    }
+
     /// The key that signs at `now`: the highest version already activated; created on the
     /// zone's first signing need.
     pub(crate) async fn signer(
@@ -119,7 +172,11 @@ impl ZoneKeys {
     ) -> Result<LoadedKey, StsError> {
         let pick = |keys: &[LoadedKey]| {
             keys.iter()
-                .filter(|k| k.activates_at <= now && k.status != "retired")
+                // An `active` key signs (the first key is active from creation, whatever the
+                // caller's clock says); a rotated `pending` key signs once its time comes.
+                .filter(|k| {
+                    k.status == "active" || (k.status == "pending" && k.activates_at <= now)
+                })
                 .max_by_key(|k| k.version)
                 .cloned()
         };

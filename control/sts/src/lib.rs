@@ -1,5 +1,6 @@
-//! Role `sts` (port 8080): the RFC 8693 token exchange of Caracal 1.0, zone signing keys
-//! and their JWKS, and (later) approvals.
+//! Role `sts` (port 8080): the RFC 8693 token exchange of Caracal 1.0 (bootstrap,
+//! delegated mint, federation, control keys), zone signing keys and their JWKS, and
+//! approvals (holds, long poll, subject decisions).
 //!
 //! What this crate owns: the HTTP surface of the STS (`server`), the exchange flow
 //! (`exchange`, one module per step group, in the order of authority-and-policy.md §3), zone
@@ -15,6 +16,7 @@
 mod approvals;
 mod bundles;
 mod config;
+mod decision;
 mod error;
 mod exchange;
 mod federation;
@@ -26,6 +28,7 @@ mod redis_ops;
 mod respond;
 mod server;
 mod state;
+mod sweeper;
 
 use std::{net::SocketAddr, sync::Arc};
 
@@ -101,6 +104,11 @@ pub async fn start_with_listener(
     listener: tokio::net::TcpListener,
 ) -> Result<StsHandle, StsStartError> {
     control_policy::self_check().map_err(|e| StsStartError::PolicySelfCheck(e.to_string()))?;
+    if config.streams_hmac_keys.is_empty() {
+        tracing::warn!(
+            "STREAMS_HMAC_KEY is not set: stream messages are accepted unsigned (dev mode only)"
+        );
+    }
     let pool = connect_service_pool(ServiceRole::Sts, &config.instance_id, lookup).await?;
     let redis = redis_ops::RedisState::new(&config.redis_url)
         .map_err(|e| StsStartError::Redis(e.to_string()))?;
@@ -108,8 +116,8 @@ pub async fn start_with_listener(
     let mut audit_config = control_events::audit::AuditEmitterConfig::from_lookup("sts", lookup)
         .map_err(|e| StsStartError::Audit(e.to_string()))?;
     audit_config.instance = config.instance_id.clone();
-    let redis_client = redis::Client::open(config.redis_url.as_str())
-        .map_err(|e| StsStartError::Redis(e.to_string()))?;
+    let redis_client = redis::Client::open(config.audit_redis_url.as_str())
+        .map_err(|e| StsStartError::Redis(format!("AUDIT_REDIS_URL: {e}")))?;
     let mut audit_shutdown = shutdown_rx.clone();
     let (audit, audit_task) =
         control_events::audit::AuditEmitter::spawn(audit_config, redis_client, async move {
@@ -129,31 +137,110 @@ pub async fn start_with_listener(
         bundles: Arc::clone(&bundles),
         redis,
         audit,
-        secret_cache: moka::sync::Cache::builder()
+        secret_cache: moka::future::Cache::builder()
             .max_capacity(10_000)
             .time_to_live(std::time::Duration::from_secs(60))
             .build(),
         argon_permits: Arc::new(tokio::sync::Semaphore::new(cpus)),
         argon2_params,
         metrics: metrics::Metrics::default(),
+        kek_ok: std::sync::atomic::AtomicBool::new(true),
+        federation: federation::Federation::from_lookup(lookup)?,
         pool,
         config: config.clone(),
     });
+    let kek_ok = state.check_kek().await.unwrap_or(false);
+    state
+        .kek_ok
+        .store(kek_ok, std::sync::atomic::Ordering::Relaxed);
+    if !kek_ok {
+        tracing::error!(
+            "zone_kek_mismatch: ZONE_KEK does not open the KEK canary; this replica stays unready"
+        );
+    }
     let addr = server::local_addr(&listener).map_err(|e| StsStartError::Bind {
         addr: config.bind,
         cause: std::io::Error::other(e.to_string()),
     })?;
+    // Every replica reads every invalidation under its own group (design decision 5); the
+    // groups exist before the first load, so nothing published during it is missed.
+    let mut tasks = Vec::new();
+    let client = redis::Client::open(config.redis_url.as_str())
+        .map_err(|e| StsStartError::Redis(e.to_string()))?;
+    for (stream, base) in [
+        (control_events::streams::POLICY_INVALIDATE, "sts-policy"),
+        (control_events::streams::KEYS_INVALIDATE, "sts-keys"),
+    ] {
+        let fanout = control_events::fanout::FanoutConfig {
+            stream: stream.to_owned(),
+            group_base: base.to_owned(),
+            service: "sts".to_owned(),
+            instance: config.instance_id.clone(),
+            keys: config.streams_hmac_keys.clone(),
+        };
+        if let Ok(Ok(mut conn)) = tokio::time::timeout(
+            std::time::Duration::from_secs(2),
+            client.get_multiplexed_async_connection(),
+        )
+        .await
+            && let Err(error) = control_events::fanout::ensure_group(&mut conn, &fanout).await
+        {
+            tracing::warn!(%stream, %error, "cannot create the consumer group yet; the consumer retries");
+        }
+        tasks.push(control_events::fanout::spawn(
+            client.clone(),
+            fanout,
+            invalidation_handler(stream, Arc::clone(&state)),
+            Arc::new(control_events::fanout::FanoutStats::default()),
+            shutdown_rx.clone(),
+        ));
+    }
     let serve = tokio::spawn(server::serve(
         Arc::clone(&state),
         listener,
         shutdown_rx.clone(),
     ));
+    let sweep = tokio::spawn(sweeper::run(
+        Arc::clone(&state),
+        config.sweep_interval,
+        shutdown_rx.clone(),
+    ));
     let poll = tokio::spawn(bundles.poll(config.policy_poll, shutdown_rx));
     tracing::info!(%addr, "sts listening");
+    tasks.extend([serve, poll, sweep, audit_task]);
     Ok(StsHandle {
         addr,
         shutdown,
-        tasks: vec![serve, poll, audit_task],
+        tasks,
+    })
+}
+
+/// Applies one invalidation message: messages are hints, so each handler re-reads Postgres
+/// (or drops a cache) for the named zone.
+fn invalidation_handler(
+    stream: &'static str,
+    state: Arc<state::Sts>,
+) -> control_events::fanout::Handler {
+    Arc::new(move |fields| {
+        let state = Arc::clone(&state);
+        Box::pin(async move {
+            let Some(zone) = fields
+                .get("zone_id")
+                .and_then(|z| control_model::ZoneId::parse(z).ok())
+            else {
+                return Ok(());
+            };
+            if stream == control_events::streams::POLICY_INVALIDATE {
+                state
+                    .bundles
+                    .refresh_zone(&zone)
+                    .await
+                    .map_err(|e| e.to_string())
+            } else {
+                state.keys.invalidate(zone.as_str()).await;
+                Ok(())
+            }
+        })
     })
 }
 

@@ -20,6 +20,8 @@ pub(crate) async fn ready(state: &Sts) -> http::Response<Body> {
     .is_ok_and(|r| r.is_ok());
     let reason = if !postgres {
         Some("postgres_unreachable")
+    } else if !state.kek_ok.load(std::sync::atomic::Ordering::Relaxed) {
+        Some("zone_kek_mismatch")
     } else if state.redis.ping().await.is_err() {
         Some("redis_unreachable")
     } else {

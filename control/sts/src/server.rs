@@ -121,6 +121,14 @@ async fn route(
             )
             .await
         }
+        (&Method::POST, p)
+            if p.starts_with("/approvals/")
+                && p.ends_with("/decision")
+                && p.len() > "/approvals//decision".len() =>
+        {
+            let id = &p["/approvals/".len()..p.len() - "/decision".len()];
+            crate::decision::decide(state, id, req, request_id).await
+        }
         (&Method::GET, "/health") => Ok(respond::empty(200)),
         (&Method::GET, "/ready") => Ok(crate::ops::ready(state).await),
         (&Method::GET, "/metrics") => Ok(crate::ops::metrics(state, &req, false)),

@@ -27,12 +27,22 @@ risk := [{"scope": "reports:write", "tier": "high"}]
 approval_tiers := [{"tier": "high", "approver": "operator"}]
 "#;
 
-/// The groups this server implements; federation arrives later in issue 3.
-const REQUIRED_GROUPS: &str = "core,delegated,zone,control,ratelimit,unavailable,approval";
+/// The groups this server implements.
+const REQUIRED_GROUPS: &str =
+    "core,delegated,zone,control,ratelimit,unavailable,approval,federation";
+
+/// `audience` of the zone's subject issuer (the Python test signs id_tokens for it).
+const FEDERATION_AUDIENCE: &str = "conformance-audience";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conformance_python_clients_against_the_sts() -> anyhow::Result<()> {
     let db = TestDb::migrated().await?;
+    // The Python federation test serves its issuer JWKS on this port; reserve a free one.
+    let federation_port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        listener.local_addr()?.port()
+    };
+    let federation_issuer = format!("http://127.0.0.1:{federation_port}");
     let ratelimit_app = format!("ratelimit-{}", uuid::Uuid::new_v4().simple());
     {
         let mut p = Provision::open(&db).await?;
@@ -95,6 +105,15 @@ async fn conformance_python_clients_against_the_sts() -> anyhow::Result<()> {
             None,
         )
         .await?;
+        tests_harness::oidc::register_subject_issuer(
+            &mut p,
+            "acme",
+            "si-conformance",
+            &federation_issuer,
+            &format!("{federation_issuer}/jwks.json"),
+            Some(FEDERATION_AUDIENCE),
+        )
+        .await?;
     }
     let sts = StsFixture::start(&db).await?;
 
@@ -134,6 +153,15 @@ async fn conformance_python_clients_against_the_sts() -> anyhow::Result<()> {
         ("CONFORMANCE_STS_UNAVAILABLE_URL", unavailable_url),
         ("CONFORMANCE_APPROVAL_RESOURCE", "resource://reports".into()),
         ("CONFORMANCE_APPROVAL_SCOPES", "reports:write".into()),
+        (
+            "CONFORMANCE_FEDERATION_ISSUER_PORT",
+            federation_port.to_string(),
+        ),
+        ("CONFORMANCE_FEDERATION_ISSUER", federation_issuer.clone()),
+        (
+            "CONFORMANCE_FEDERATION_AUDIENCE",
+            FEDERATION_AUDIENCE.into(),
+        ),
         ("CONFORMANCE_REQUIRE", REQUIRED_GROUPS.into()),
     ];
     let output = tokio::task::spawn_blocking(move || {

@@ -7,7 +7,9 @@
 //! database. Later issues add the role servers on `127.0.0.1:0` and echo upstreams here.
 
 pub mod http;
+pub mod oidc;
 pub mod provision;
+pub mod proxy;
 pub mod sts;
 
 use std::{str::FromStr, time::Duration};

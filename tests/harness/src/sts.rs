@@ -23,6 +23,8 @@ pub struct StsFixture {
     pub kek_hex: String,
     /// The audit HMAC key (hex).
     pub audit_key_hex: String,
+    /// `STREAMS_HMAC_KEY` (hex).
+    pub streams_key_hex: String,
     /// The replay directory (deleted with the fixture).
     pub replay_dir: tempfile::TempDir,
 }
@@ -41,11 +43,13 @@ impl StsFixture {
         let replay_dir = tempfile::tempdir()?;
         let kek_hex = "7a".repeat(32);
         let audit_key_hex = "5c".repeat(32);
+        let streams_key_hex = "3d".repeat(32);
         let mut env: HashMap<String, String> = HashMap::from([
             ("DATABASE_URL".to_owned(), db.url()),
             ("REDIS_URL".to_owned(), redis_url()),
             ("ZONE_KEK".to_owned(), kek_hex.clone()),
             ("AUDIT_HMAC_KEY".to_owned(), audit_key_hex.clone()),
+            ("STREAMS_HMAC_KEY".to_owned(), streams_key_hex.clone()),
             ("ISSUER_URL".to_owned(), issuer.clone()),
             ("CARACAL_STS_ADDR".to_owned(), addr.to_string()),
             (
@@ -74,6 +78,7 @@ impl StsFixture {
             issuer,
             kek_hex,
             audit_key_hex,
+            streams_key_hex,
             replay_dir,
         })
     }

@@ -133,31 +133,51 @@ async fn verify_secret(sts: &Sts, app: &ApplicationRow, secret: &str) -> Result<
     hasher.update([0]);
     hasher.update(stored.as_bytes());
     let cache_key: [u8; 32] = hasher.finalize().into();
-    if sts.secret_cache.get(&cache_key).is_some() {
-        return Ok(true);
-    }
-    let permit = Arc::clone(&sts.argon_permits)
-        .acquire_owned()
-        .await
-        .map_err(|_closed| StsError::Internal("argon2 semaphore closed".to_owned()))?;
+    // Concurrent verifications of the same triple are coalesced: one derivation runs, the
+    // others wait for its outcome (no Argon2id stampede when the entry expires). Only a
+    // success is cached.
+    let argon_permits = Arc::clone(&sts.argon_permits);
+    let app_id = app.id.clone();
     let secret = zeroize::Zeroizing::new(secret.to_owned());
-    let outcome = tokio::task::spawn_blocking(move || {
-        let _permit = permit;
-        control_crypto::verify_secret(secret.as_bytes(), &stored)
-    })
-    .await
-    .map_err(|e| StsError::Internal(format!("argon2 task failed: {e}")))?;
-    match outcome {
-        Ok(true) => {
-            sts.secret_cache.insert(cache_key, ());
-            Ok(true)
-        }
-        Ok(false) => Ok(false),
-        Err(error) => {
-            tracing::warn!(application = %app.id, %error, "stored client secret hash is malformed");
-            Ok(false)
-        }
+    let verified = sts
+        .secret_cache
+        .try_get_with(cache_key, async move {
+            let permit = argon_permits
+                .acquire_owned()
+                .await
+                .map_err(|_closed| Unverified::Broken("argon2 semaphore closed".to_owned()))?;
+            let outcome = tokio::task::spawn_blocking(move || {
+                let _permit = permit;
+                control_crypto::verify_secret(secret.as_bytes(), &stored)
+            })
+            .await
+            .map_err(|e| Unverified::Broken(format!("argon2 task failed: {e}")))?;
+            match outcome {
+                Ok(true) => Ok(()),
+                Ok(false) => Err(Unverified::Mismatch),
+                Err(error) => {
+                    tracing::warn!(application = %app_id, %error, "stored client secret hash is malformed");
+                    Err(Unverified::Mismatch)
+                }
+            }
+        })
+        .await;
+    match verified {
+        Ok(()) => Ok(true),
+        Err(cause) => match cause.as_ref() {
+            Unverified::Mismatch => Ok(false),
+            Unverified::Broken(reason) => Err(StsError::Internal(reason.clone())),
+        },
     }
+}
+
+/// Why a secret did not verify.
+#[derive(Debug)]
+enum Unverified {
+    /// Wrong secret (or an unusable stored hash).
+    Mismatch,
+    /// The verification itself could not run.
+    Broken(String),
 }
 
 async fn dummy_verify(sts: &Sts) {

@@ -895,6 +895,11 @@ async fn mint(
         MandateUse::Session
     };
 
+    // The zone key (created on first use) is resolved before the registry and the record,
+    // so a key this replica cannot use leaves no orphan record behind.
+    let key = sts.keys.signer(ctx.zone, ctx.now, ctx.request_id).await?;
+    key.ensure_usable()?;
+
     // Step 17: the JTI registry, before anything is persisted.
     let jti = uuid::Uuid::now_v7().to_string();
     let ttl_std = std::time::Duration::from_secs(u64::try_from(ttl).unwrap_or(1));
@@ -1013,13 +1018,9 @@ async fn mint(
         }
     }
 
-    // Step 19: sign with the zone key (created on first use).
-    let key = sts.keys.signer(ctx.zone, ctx.now, ctx.request_id).await?;
+    // Step 19: sign with the zone key chosen before anything was persisted.
     let body = serde_json::to_vec(&claims).map_err(|e| StsError::Internal(e.to_string()))?;
-    let token = key
-        .signing
-        .sign_jwt(&key.kid, &body)
-        .map_err(|e| StsError::KeyUnavailable(e.to_string()))?;
+    let token = key.sign(&body)?;
 
     // Step 21: respond.
     let mut response = serde_json::Map::new();

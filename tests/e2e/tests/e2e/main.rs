@@ -17,3 +17,4 @@ mod partitions;
 mod pools;
 mod rls;
 mod sts;
+mod sts_federation;

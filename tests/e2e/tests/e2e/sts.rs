@@ -935,3 +935,416 @@ async fn rejected_and_expired_approvals_are_refused() -> anyhow::Result<()> {
     sts.stop().await;
     Ok(())
 }
+
+/// Publishes a `caracal.policy.invalidate` message as the outbox dispatcher will.
+async fn publish_policy_invalidate(
+    key_hex: &str,
+    zone: &str,
+    sign_with_wrong_key: bool,
+) -> anyhow::Result<()> {
+    let client = redis::Client::open(tests_harness::sts::redis_url())?;
+    let mut conn = client.get_multiplexed_async_connection().await?;
+    let outbox_id = uuid::Uuid::now_v7().to_string();
+    let fields = vec![
+        ("zone_id", zone),
+        ("policy_set_id", "set"),
+        ("policy_set_version_id", "psv"),
+        ("outbox_id", outbox_id.as_str()),
+    ];
+    let key = control_crypto::HmacKey::from_hex(&if sign_with_wrong_key {
+        "11".repeat(32)
+    } else {
+        key_hex.to_owned()
+    })?;
+    let sig = control_crypto::sign_stream_fields(&key, "caracal.policy.invalidate", &fields)?;
+    let mut cmd = redis::cmd("XADD");
+    cmd.arg("caracal.policy.invalidate")
+        .arg("MAXLEN")
+        .arg("~")
+        .arg(100_000)
+        .arg("*");
+    for (k, v) in &fields {
+        cmd.arg(*k).arg(*v);
+    }
+    cmd.arg("_sig").arg(sig);
+    let _id: String = cmd.query_async(&mut conn).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_policy_invalidation_reloads_the_zone_at_once_and_forged_ones_are_ignored()
+-> anyhow::Result<()> {
+    tests_harness::init_logs();
+    let db = TestDb::migrated().await?;
+    scenario(&db).await?;
+    let sts = StsFixture::start_with(&db, &[("CARACAL_POLICY_POLL_SECONDS", "300")]).await?;
+    assert_eq!(
+        sts.token(&bootstrap_form(AGENT, "resource://crm"))
+            .await?
+            .status,
+        200
+    );
+    Provision::open(&db)
+        .await?
+        .exec("UPDATE caracal.policy_set_bindings SET active_version_id = NULL")
+        .await?;
+
+    // A message with a forged signature is dropped: the cached bundle keeps allowing.
+    publish_policy_invalidate(&sts.streams_key_hex, ZONE, true).await?;
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    assert_eq!(
+        sts.token(&bootstrap_form(AGENT, "resource://crm"))
+            .await?
+            .status,
+        200
+    );
+
+    // A signed one makes the replica re-read the binding well before the 300 s poll.
+    publish_policy_invalidate(&sts.streams_key_hex, ZONE, false).await?;
+    let mut denied = false;
+    for _ in 0..50 {
+        let resp = sts.token(&bootstrap_form(AGENT, "resource://crm")).await?;
+        if resp.status == 403 {
+            assert_eq!(
+                resp.json()?["error_description"],
+                "policy denied (no_active_policy_set)"
+            );
+            denied = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(denied, "the invalidation must reach this replica");
+    sts.stop().await;
+    Ok(())
+}
+
+/// Publishes a signed `caracal.keys.invalidate` message for the zone.
+async fn publish_keys_invalidate(key_hex: &str, zone: &str) -> anyhow::Result<()> {
+    let client = redis::Client::open(tests_harness::sts::redis_url())?;
+    let mut conn = client.get_multiplexed_async_connection().await?;
+    let fields = vec![("zone_id", zone), ("kid", "any"), ("reason", "rotated")];
+    let key = control_crypto::HmacKey::from_hex(key_hex)?;
+    let sig = control_crypto::sign_stream_fields(&key, "caracal.keys.invalidate", &fields)?;
+    let mut cmd = redis::cmd("XADD");
+    cmd.arg("caracal.keys.invalidate").arg("*");
+    for (k, v) in &fields {
+        cmd.arg(*k).arg(*v);
+    }
+    cmd.arg("_sig").arg(sig);
+    let _id: String = cmd.query_async(&mut conn).await?;
+    Ok(())
+}
+
+async fn jwks_kids(sts: &StsFixture) -> anyhow::Result<Vec<String>> {
+    let jwks = http::get(sts.addr, &format!("/.well-known/jwks.json?zone_id={ZONE}"))
+        .await?
+        .json()?;
+    Ok(jwks["keys"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .map(|k| k["kid"].as_str().unwrap_or("").to_owned())
+        .collect())
+}
+
+async fn signing_kid(sts: &StsFixture) -> anyhow::Result<String> {
+    let token = sts
+        .token(&bootstrap_form(AGENT, "resource://crm"))
+        .await?
+        .json()?["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    Ok(UnverifiedJwt::parse(&token)?.header().kid.clone().unwrap())
+}
+
+#[tokio::test]
+async fn key_rotation_prepublishes_then_switches_then_retires_after_the_grace() -> anyhow::Result<()>
+{
+    tests_harness::init_logs();
+    let db = TestDb::migrated().await?;
+    scenario(&db).await?;
+    let sts = StsFixture::start_with(&db, &[("CARACAL_STS_SWEEP_SECONDS", "1")]).await?;
+    let first = signing_kid(&sts).await?;
+
+    // Rotation by the operator command: published now, signs 330 s later.
+    let env = std::collections::HashMap::from([
+        ("DATABASE_URL".to_owned(), db.url()),
+        ("ZONE_KEK".to_owned(), sts.kek_hex.clone()),
+    ]);
+    let lookup = move |k: &str| env.get(k).cloned();
+    let mut out = Vec::new();
+    control_ops::keys::rotate(ZONE, &lookup, &mut out).await?;
+    assert!(String::from_utf8_lossy(&out).contains("signing key version 2"));
+    publish_keys_invalidate(&sts.streams_key_hex, ZONE).await?;
+    let mut listed = Vec::new();
+    for _ in 0..50 {
+        listed = jwks_kids(&sts).await?;
+        if listed.len() == 2 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        listed.len(),
+        2,
+        "the new key is in the JWKS before it signs"
+    );
+    assert_eq!(
+        signing_kid(&sts).await?,
+        first,
+        "the old key signs until the new one activates"
+    );
+
+    // Time passes: the new key signs, the sweeper records it, the old key keeps verifying.
+    Provision::open(&db).await?
+        .exec("UPDATE caracal.secrets SET activates_at = now() - interval '1 second' WHERE status = 'pending'")
+        .await?;
+    publish_keys_invalidate(&sts.streams_key_hex, ZONE).await?;
+    let mut second = first.clone();
+    for _ in 0..50 {
+        second = signing_kid(&sts).await?;
+        if second != first {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_ne!(second, first);
+    let mut statuses: Vec<(String, String)> = Vec::new();
+    for _ in 0..50 {
+        statuses = sqlx::query_as("SELECT id, status FROM caracal.secrets WHERE name = 'zone_signing_key' ORDER BY version")
+            .fetch_all(&mut db.admin().await?)
+            .await?;
+        if statuses.iter().any(|(_, s)| s == "retiring") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        statuses,
+        vec![
+            (first.clone(), "retiring".to_owned()),
+            (second.clone(), "active".to_owned())
+        ]
+    );
+    assert!(
+        jwks_kids(&sts).await?.contains(&first),
+        "still published during the grace"
+    );
+
+    // After the grace the old key is retired and leaves the JWKS.
+    Provision::open(&db).await?
+        .exec("UPDATE caracal.secrets SET rotated_at = now() - interval '25 hours' WHERE status = 'retiring'")
+        .await?;
+    let mut gone = false;
+    for _ in 0..60 {
+        if !jwks_kids(&sts).await?.contains(&first) {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(gone, "a retired key is no longer published");
+    sts.stop().await;
+    Ok(())
+}
+
+/// Finds events on the audit stream by request id.
+async fn audit_events_for(request_ids: &[String]) -> anyhow::Result<Vec<Value>> {
+    let client = redis::Client::open(tests_harness::sts::redis_url())?;
+    let mut conn = client.get_multiplexed_async_connection().await?;
+    let entries: redis::streams::StreamRangeReply = redis::cmd("XREVRANGE")
+        .arg("caracal.audit.events")
+        .arg("+")
+        .arg("-")
+        .arg("COUNT")
+        .arg(5000)
+        .query_async(&mut conn)
+        .await?;
+    Ok(entries
+        .ids
+        .into_iter()
+        .filter_map(|e| e.get::<String>("data"))
+        .filter_map(|d| serde_json::from_str::<Value>(&d).ok())
+        .filter(|e| request_ids.iter().any(|r| e["request_id"] == r.as_str()))
+        .collect())
+}
+
+#[tokio::test]
+async fn audit_events_spill_while_their_redis_is_away_and_all_arrive_after() -> anyhow::Result<()> {
+    tests_harness::init_logs();
+    let db = TestDb::migrated().await?;
+    scenario(&db).await?;
+    let redis_addr: std::net::SocketAddr = "127.0.0.1:6379".parse()?;
+    let proxy = tests_harness::proxy::TcpProxy::start(redis_addr).await?;
+    let audit_redis = format!("redis://{}", proxy.addr);
+    let sts = StsFixture::start_with(&db, &[("AUDIT_REDIS_URL", &audit_redis)]).await?;
+
+    proxy.set_up(false);
+    let mut request_ids = Vec::new();
+    for i in 0..5 {
+        let id = format!("spill-{}-{i}", sts.addr.port());
+        let resp = http::request(
+            sts.addr,
+            "POST",
+            "/oauth/2/token",
+            &[
+                ("content-type", "application/x-www-form-urlencoded"),
+                ("x-request-id", &id),
+            ],
+            http::form_encode(&bootstrap_form(AGENT, "resource://crm")),
+        )
+        .await?;
+        // Evidence goes to the replay volume, so the mint itself still succeeds.
+        assert_eq!(resp.status, 200, "{:?}", resp.json());
+        request_ids.push(id);
+    }
+    // The events are on disk, fsynced, in the replay directory.
+    let mut on_disk = 0;
+    for _ in 0..50 {
+        on_disk = count_replay_lines(sts.replay_dir.path(), &request_ids)?;
+        if on_disk == request_ids.len() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        on_disk,
+        request_ids.len(),
+        "every event spilled to a segment"
+    );
+    assert!(
+        audit_events_for(&request_ids).await?.is_empty(),
+        "nothing reached Redis while it was away"
+    );
+
+    proxy.set_up(true);
+    let mut arrived = Vec::new();
+    for _ in 0..100 {
+        arrived = audit_events_for(&request_ids).await?;
+        if arrived.len() >= request_ids.len() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let mut seen: Vec<&str> = arrived
+        .iter()
+        .filter_map(|e| e["request_id"].as_str())
+        .collect();
+    seen.sort_unstable();
+    seen.dedup();
+    assert_eq!(
+        seen.len(),
+        request_ids.len(),
+        "every spilled event is replayed once Redis is back"
+    );
+    sts.stop().await;
+    Ok(())
+}
+
+/// Lines in the replay segments that carry one of `request_ids`.
+fn count_replay_lines(dir: &std::path::Path, request_ids: &[String]) -> anyhow::Result<usize> {
+    let mut count = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(path) = stack.pop() {
+        for entry in std::fs::read_dir(&path)? {
+            let path = entry?.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.to_string_lossy().contains("seg-")
+                && !path.to_string_lossy().ends_with(".cursor")
+            {
+                let text = std::fs::read_to_string(&path)?;
+                count += text
+                    .lines()
+                    .filter(|l| request_ids.iter().any(|r| l.contains(r.as_str())))
+                    .count();
+            }
+        }
+    }
+    Ok(count)
+}
+
+#[tokio::test]
+async fn a_replica_with_the_wrong_kek_stays_unready_and_never_signs() -> anyhow::Result<()> {
+    tests_harness::init_logs();
+    let db = TestDb::create().await?;
+    // `caracal migrate` with the right key seals the canary.
+    let right = "7a".repeat(32);
+    let env = std::collections::HashMap::from([
+        ("DATABASE_URL".to_owned(), db.url()),
+        ("ZONE_KEK".to_owned(), right),
+    ]);
+    let lookup = move |k: &str| env.get(k).cloned();
+    let mut out = Vec::new();
+    control_ops::migrate::run(
+        &control_ops::migrate::MigrateArgs::default(),
+        &lookup,
+        &mut out,
+    )
+    .await?;
+    assert!(String::from_utf8_lossy(&out).contains("sealed the KEK canary"));
+    scenario(&db).await?;
+
+    let good = StsFixture::start(&db).await?;
+    assert_eq!(http::get(good.addr, "/ready").await?.status, 200);
+    assert_eq!(
+        good.token(&bootstrap_form(AGENT, "resource://crm"))
+            .await?
+            .status,
+        200
+    );
+    good.stop().await;
+
+    let wrong = "4b".repeat(32);
+    let bad = StsFixture::start_with(&db, &[("ZONE_KEK", &wrong)]).await?;
+    let ready = http::get(bad.addr, "/ready").await?;
+    assert_eq!(ready.status, 503);
+    assert_eq!(ready.json()?["reason"], "zone_kek_mismatch");
+    // The JWKS still publishes the zone key from its clear public half ...
+    assert_eq!(
+        http::get(bad.addr, &format!("/.well-known/jwks.json?zone_id={ZONE}"))
+            .await?
+            .status,
+        200
+    );
+    // ... but nothing is ever signed with a key this replica cannot open.
+    assert_error(
+        &bad.token(&bootstrap_form(AGENT, "resource://crm")).await?,
+        500,
+        "internal_error",
+        "token issuance failed",
+    );
+    bad.stop().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_burst_of_first_mints_in_a_new_zone_all_succeed_with_one_key() -> anyhow::Result<()> {
+    let (db, sts) = start().await?;
+    let mut requests = Vec::new();
+    for _ in 0..32 {
+        let addr = sts.addr;
+        requests.push(tokio::spawn(async move {
+            http::post_form(
+                addr,
+                "/oauth/2/token",
+                &bootstrap_form(AGENT, "resource://crm"),
+            )
+            .await
+        }));
+    }
+    for request in requests {
+        let resp = request.await??;
+        assert_eq!(resp.status, 200, "{:?}", resp.json());
+    }
+    let keys: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM caracal.secrets WHERE name = 'zone_signing_key'")
+            .fetch_one(&mut db.admin().await?)
+            .await?;
+    assert_eq!(keys, 1, "concurrent first mints create exactly one key");
+    sts.stop().await;
+    Ok(())
+}
