@@ -132,22 +132,9 @@ pub async fn rotate(
     )
     .await
     .map_err(unreachable)?;
-    let payload = serde_json::json!({"zone_id": zone.as_str(), "kid": kid, "reason": "rotated"});
-    let dedupe = format!("keys:{kid}:rotated");
-    outbox::enqueue(
-        &mut tx,
-        &outbox::OutboxMessage {
-            id: &uuid::Uuid::now_v7().to_string(),
-            producer: "sts",
-            zone_id: Some(zone.as_str()),
-            topic: control_events::streams::KEYS_INVALIDATE,
-            dedupe_key: Some(&dedupe),
-            payload: &payload,
-            request_id: None,
-        },
-    )
-    .await
-    .map_err(unreachable)?;
+    outbox::enqueue_key_change(&mut tx, zone.as_str(), &kid, "rotated", None)
+        .await
+        .map_err(unreachable)?;
     tx.commit().await.map_err(unreachable)?;
     writeln!(
         out,

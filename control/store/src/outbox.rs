@@ -42,3 +42,34 @@ pub async fn enqueue(
     .await?;
     Ok(inserted.rows_affected() == 1)
 }
+
+/// Announces a zone signing-key change on `caracal.keys.invalidate` (storage §6.1) in the
+/// caller's transaction: `reason` is `created`, `rotated` or `retired`; the dedupe key
+/// `keys:<kid>:<reason>` names the transition once.
+pub async fn enqueue_key_change(
+    conn: &mut PgConnection,
+    zone_id: &str,
+    kid: &str,
+    reason: &str,
+    request_id: Option<&str>,
+) -> Result<bool, sqlx::Error> {
+    let payload = serde_json::json!({"zone_id": zone_id, "kid": kid, "reason": reason});
+    let dedupe = format!("keys:{kid}:{reason}");
+    let id = uuid::Uuid::now_v7().to_string();
+    enqueue(
+        conn,
+        &OutboxMessage {
+            id: &id,
+            producer: "sts",
+            zone_id: Some(zone_id),
+            topic: KEYS_INVALIDATE,
+            dedupe_key: Some(&dedupe),
+            payload: &payload,
+            request_id,
+        },
+    )
+    .await
+}
+
+/// The stream of signing-key changes (the same name as `control_events::streams`).
+pub const KEYS_INVALIDATE: &str = "caracal.keys.invalidate";

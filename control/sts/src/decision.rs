@@ -14,7 +14,6 @@
 
 use bytes::Bytes;
 use chrono::{DateTime, SecondsFormat, Utc};
-use control_crypto::UnverifiedJwt;
 use control_events::audit::{AuditDecision, AuditEvent};
 use control_model::{Denial, ErrorCode, ZoneId};
 use control_store::{
@@ -31,6 +30,7 @@ use sha2::{Digest as _, Sha256};
 
 use crate::{
     error::StsError,
+    exchange::subject,
     respond::{self, Body},
     state::Sts,
 };
@@ -39,8 +39,6 @@ use crate::{
 const MAX_BODY: usize = 16 * 1024;
 /// The longest reason, in characters (the column's CHECK).
 const MAX_REASON_CHARS: usize = 500;
-/// Leeway on the bearer's `exp` and `iat`.
-const LEEWAY_SECONDS: i64 = 60;
 
 /// The parsed body.
 struct DecisionBody {
@@ -232,66 +230,22 @@ async fn read_body(req: Request<Incoming>) -> Result<DecisionBody, Denial> {
     })
 }
 
-fn claim(claims: &Map<String, Value>, name: &str) -> Option<String> {
-    claims
-        .get(name)
-        .and_then(Value::as_str)
-        .filter(|s| !s.is_empty())
-        .map(str::to_owned)
-}
-
-/// Verifies the bearer as `exchange::subject` verifies a subject token: ES256 with a key of
-/// the hold's zone, `iss` and `aud` = `ISSUER_URL`, `exp`/`iat` with 60 s leeway, the zone,
-/// `use=session`, and non-empty `sub`, `sid`, `client_id`. `None` is 401.
+/// Verifies the bearer exactly as a subject token is verified
+/// (`exchange::subject::verify_session_mandate`), then requires non-empty `sub`, `sid` and
+/// `client_id`. `None` is 401.
 async fn verify_bearer(
     sts: &Sts,
     zone: &ZoneId,
     token: &str,
     now: DateTime<Utc>,
 ) -> Result<Option<Approver>, StsError> {
-    let Ok(parsed) = UnverifiedJwt::parse(token) else {
+    let Some(claims) = subject::verify_session_mandate(sts, zone, token, now).await? else {
         return Ok(None);
     };
-    let Some(kid) = parsed.header().kid.clone() else {
-        return Ok(None);
-    };
-    let Some(key) = sts.keys.verifier(zone, &kid, now).await? else {
-        return Ok(None);
-    };
-    let Ok(bytes) = parsed.verify(&key) else {
-        return Ok(None);
-    };
-    let Ok(Value::Object(claims)) = serde_json::from_slice::<Value>(&bytes) else {
-        return Ok(None);
-    };
-    let issuer = &sts.config.issuer_url;
-    let audience_ok = match claims.get("aud") {
-        Some(Value::Array(aud)) => aud.iter().any(|a| a.as_str() == Some(issuer)),
-        Some(Value::String(aud)) => aud == issuer,
-        _ => false,
-    };
-    let now_s = now.timestamp();
-    let exp_ok = claims
-        .get("exp")
-        .and_then(Value::as_i64)
-        .is_some_and(|exp| exp + LEEWAY_SECONDS > now_s);
-    let iat_ok = claims
-        .get("iat")
-        .and_then(Value::as_i64)
-        .is_some_and(|iat| iat <= now_s + LEEWAY_SECONDS);
-    let valid = claim(&claims, "iss").as_deref() == Some(issuer.as_str())
-        && audience_ok
-        && exp_ok
-        && iat_ok
-        && claim(&claims, "zone_id").as_deref() == Some(zone.as_str())
-        && claim(&claims, "use").as_deref() == Some("session");
-    if !valid {
-        return Ok(None);
-    }
     let (Some(sub), Some(sid), Some(client_id)) = (
-        claim(&claims, "sub"),
-        claim(&claims, "sid"),
-        claim(&claims, "client_id"),
+        subject::string(&claims, "sub"),
+        subject::string(&claims, "sid"),
+        subject::string(&claims, "client_id"),
     ) else {
         return Ok(None);
     };
@@ -299,7 +253,7 @@ async fn verify_bearer(
         sub,
         sid,
         client_id,
-        sub_type: claim(&claims, "sub_type").unwrap_or_else(|| "application".to_owned()),
+        sub_type: subject::string(&claims, "sub_type").unwrap_or_else(|| "application".to_owned()),
     }))
 }
 

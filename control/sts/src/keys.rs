@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 use control_crypto::{KekRing, PublicKey, SealContext, ZoneSigningKey};
 use control_model::ZoneId;
 use control_store::{
-    outbox::{self, OutboxMessage},
+    outbox,
     signing_keys::{self, NewSigningKey, SigningKeyRow},
     zone::zone_tx,
 };
@@ -240,22 +240,8 @@ impl ZoneKeys {
             },
         )
         .await?;
-        let payload =
-            serde_json::json!({"zone_id": zone.as_str(), "kid": kid, "reason": "created"});
-        let dedupe = format!("keys:{kid}:created");
-        outbox::enqueue(
-            &mut tx,
-            &OutboxMessage {
-                id: &uuid::Uuid::now_v7().to_string(),
-                producer: "sts",
-                zone_id: Some(zone.as_str()),
-                topic: control_events::streams::KEYS_INVALIDATE,
-                dedupe_key: Some(&dedupe),
-                payload: &payload,
-                request_id: Some(request_id),
-            },
-        )
-        .await?;
+        outbox::enqueue_key_change(&mut tx, zone.as_str(), &kid, "created", Some(request_id))
+            .await?;
         tx.commit().await?;
         tracing::info!(zone = %zone, kid = %kid, "created the zone signing key");
         Ok(())

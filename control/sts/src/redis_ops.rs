@@ -15,6 +15,22 @@ pub(crate) struct RedisUnavailable {
     cause: String,
 }
 
+/// `INCR key` with a 60 s expiry set on the first hit (fixed windows, §8.1 and §8.2).
+async fn incr_in_window(conn: &mut ConnectionManager, key: &str) -> redis::RedisResult<i64> {
+    let (count,): (i64,) = redis::pipe()
+        .atomic()
+        .cmd("INCR")
+        .arg(key)
+        .cmd("PEXPIRE")
+        .arg(key)
+        .arg(WINDOW_MS)
+        .arg("NX")
+        .ignore()
+        .query_async(conn)
+        .await?;
+    Ok(count)
+}
+
 /// The STS's Redis handle: a lazily connecting, self-healing multiplexed connection.
 #[derive(Clone)]
 pub(crate) struct RedisState {
@@ -109,17 +125,7 @@ impl RedisState {
         let blocked = format!("{key}:blocked");
         let mut conn = self.conn.clone();
         self.run("auth limiter write", async move {
-            let (count,): (i64,) = redis::pipe()
-                .atomic()
-                .cmd("INCR")
-                .arg(&key)
-                .cmd("PEXPIRE")
-                .arg(&key)
-                .arg(WINDOW_MS)
-                .arg("NX")
-                .ignore()
-                .query_async(&mut conn)
-                .await?;
+            let count = incr_in_window(&mut conn, &key).await?;
             if count > AUTH_FAILURE_LIMIT {
                 let () = conn
                     .set_options(
@@ -147,18 +153,7 @@ impl RedisState {
         let mut conn = self.conn.clone();
         let count: i64 = self
             .run("mint limiter", async move {
-                let (count,): (i64,) = redis::pipe()
-                    .atomic()
-                    .cmd("INCR")
-                    .arg(&key)
-                    .cmd("PEXPIRE")
-                    .arg(&key)
-                    .arg(WINDOW_MS)
-                    .arg("NX")
-                    .ignore()
-                    .query_async(&mut conn)
-                    .await?;
-                Ok(count)
+                incr_in_window(&mut conn, &key).await
             })
             .await?;
         Ok(u64::try_from(count).unwrap_or(u64::MAX) <= limit)

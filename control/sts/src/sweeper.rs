@@ -6,8 +6,7 @@ use std::{sync::Arc, time::Duration};
 
 use control_model::ZoneId;
 use control_store::{
-    outbox::{self, OutboxMessage},
-    signing_keys,
+    outbox, signing_keys,
     zone::{cross_zone_read, zone_tx},
 };
 use sqlx::Connection;
@@ -68,22 +67,7 @@ pub(crate) async fn sweep(state: &Sts) -> Result<(), StsError> {
         let activated = signing_keys::activate_due(&mut tx, zone.as_str()).await?;
         let retired = signing_keys::retire_expired(&mut tx, zone.as_str(), grace).await?;
         for kid in &retired {
-            let payload =
-                serde_json::json!({"zone_id": zone.as_str(), "kid": kid, "reason": "retired"});
-            let dedupe = format!("keys:{kid}:retired");
-            outbox::enqueue(
-                &mut tx,
-                &OutboxMessage {
-                    id: &uuid::Uuid::now_v7().to_string(),
-                    producer: "sts",
-                    zone_id: Some(zone.as_str()),
-                    topic: control_events::streams::KEYS_INVALIDATE,
-                    dedupe_key: Some(&dedupe),
-                    payload: &payload,
-                    request_id: None,
-                },
-            )
-            .await?;
+            outbox::enqueue_key_change(&mut tx, zone.as_str(), kid, "retired", None).await?;
         }
         tx.commit().await?;
         if !activated.is_empty() || !retired.is_empty() {

@@ -6,7 +6,7 @@
 //! shared emitter, and an exchange that cannot be audited is refused (settled point 4).
 
 mod client_auth;
-mod subject;
+pub(crate) mod subject;
 mod view;
 
 use chrono::{DateTime, Utc};

@@ -29,7 +29,7 @@ fn invalid() -> Denial {
     Denial::new(401, ErrorCode::InvalidToken, "invalid subject_token")
 }
 
-fn string(claims: &Map<String, Value>, name: &str) -> Option<String> {
+pub(crate) fn string(claims: &Map<String, Value>, name: &str) -> Option<String> {
     claims
         .get(name)
         .and_then(Value::as_str)
@@ -37,29 +37,31 @@ fn string(claims: &Map<String, Value>, name: &str) -> Option<String> {
         .map(str::to_owned)
 }
 
-/// Verifies signature, issuer, audience, expiry, issue time, zone and use class.
-pub(crate) async fn verify(
+/// Verifies an STS `use=session` mandate for `zone`: ES256 with a key of the zone that may
+/// verify at `now`, `iss` and an `aud` equal to `ISSUER_URL`, `exp` and `iat` within the
+/// 60 s leeway, `zone_id` and `use`. Returns its claims, or `None` when any check fails.
+/// Shared by subject tokens (§3 step 8) and subject approval decisions (§6.5).
+pub(crate) async fn verify_session_mandate(
     sts: &Sts,
     zone: &ZoneId,
     token: &str,
     now: DateTime<Utc>,
-) -> Result<Result<SubjectToken, Denial>, StsError> {
+) -> Result<Option<Map<String, Value>>, StsError> {
     let Ok(parsed) = UnverifiedJwt::parse(token) else {
-        return Ok(Err(invalid()));
+        return Ok(None);
     };
     let Some(kid) = parsed.header().kid.clone() else {
-        return Ok(Err(invalid()));
+        return Ok(None);
     };
     let Some(key) = sts.keys.verifier(zone, &kid, now).await? else {
-        return Ok(Err(invalid()));
+        return Ok(None);
     };
     let Ok(bytes) = parsed.verify(&key) else {
-        return Ok(Err(invalid()));
+        return Ok(None);
     };
     let Ok(Value::Object(claims)) = serde_json::from_slice::<Value>(&bytes) else {
-        return Ok(Err(invalid()));
+        return Ok(None);
     };
-
     let issuer = &sts.config.issuer_url;
     let audience_ok = match claims.get("aud") {
         Some(Value::Array(aud)) => aud.iter().any(|a| a.as_str() == Some(issuer)),
@@ -75,15 +77,25 @@ pub(crate) async fn verify(
         .get("iat")
         .and_then(Value::as_i64)
         .is_some_and(|iat| iat <= now_s + LEEWAY_SECONDS);
-    let checks = string(&claims, "iss").as_deref() == Some(issuer.as_str())
+    let valid = string(&claims, "iss").as_deref() == Some(issuer.as_str())
         && audience_ok
         && exp_ok
         && iat_ok
         && string(&claims, "zone_id").as_deref() == Some(zone.as_str())
         && string(&claims, "use").as_deref() == Some("session");
-    if !checks {
+    Ok(valid.then_some(claims))
+}
+
+/// Verifies a presented subject token (§3 step 8).
+pub(crate) async fn verify(
+    sts: &Sts,
+    zone: &ZoneId,
+    token: &str,
+    now: DateTime<Utc>,
+) -> Result<Result<SubjectToken, Denial>, StsError> {
+    let Some(claims) = verify_session_mandate(sts, zone, token, now).await? else {
         return Ok(Err(invalid()));
-    }
+    };
     let Some(sid) = string(&claims, "sid") else {
         return Ok(Err(Denial::new(
             401,
