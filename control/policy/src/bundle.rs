@@ -203,11 +203,12 @@ enum Evaluator {
 ///
 /// Each evaluation clones the prepared [`Engine`] (its modules, compiled rules and data are
 /// shared behind `Arc`s), sets the input and evaluates [`crate::RESULT_RULE`]; nothing is parsed
-/// or compiled per request. The clone and `CompiledPolicy::eval_with_input` measured the same
-/// within noise in `benches/policy_eval.rs` (group `strategy`, medians 218.7 µs and 220.1 µs
-/// for one mint on the realistic bundle; both build a fresh interpreter that shares the
-/// prepared state), so we keep the clone: it carries the bundle's own time limit, where a
-/// compiled policy only sees regorus's process-wide fallback.
+/// or compiled per request. The prepared data holds the materialized roots under
+/// `data.caracal.authz` and the contract's data-derived values under `data.caracal.derived`
+/// (computed once by [`Bundle::build`]). The clone and `CompiledPolicy::eval_with_input` measured
+/// the same within noise in `benches/policy_eval.rs` (group `strategy`; both build a fresh
+/// interpreter that shares the prepared state), so we keep the clone: it carries the bundle's
+/// own time limit, where a compiled policy only sees regorus's process-wide fallback.
 pub struct Bundle {
     provenance: Provenance,
     data: Value,
@@ -231,7 +232,9 @@ impl Bundle {
     /// 2. materializes the six roots with the adopter modules only, under a 2 s limit;
     /// 3. checks the shapes of the roots;
     /// 4. prepares the contract over `{"caracal":{"authz":<roots>}}` with the configured time
-    ///    limit, and installs that limit as regorus's process-wide fallback;
+    ///    limit, and installs that limit as regorus's process-wide fallback; before compiling,
+    ///    it evaluates the contract's `derive_values` once over those roots and adds the value as
+    ///    `data.caracal.derived`, so requests do not recompute what depends on the data alone;
     /// 5. records the provenance.
     pub fn build(source: BundleSource, config: &PolicyConfig) -> Result<Self, BundleError> {
         let documents = verify_source(&source)?;
@@ -280,10 +283,10 @@ impl Bundle {
         match &self.evaluator {
             Evaluator::DenyAll => Ok(Decision::deny("no_active_policy_set")),
             Evaluator::Prepared(engine) => {
-                let json = input
-                    .to_json()
+                let input = input
+                    .to_regorus_value()
                     .map_err(|source| EvalError::Input { source })?;
-                evaluate_prepared(engine, to_regorus_value(json)?)
+                evaluate_prepared(engine, input)
             }
         }
     }

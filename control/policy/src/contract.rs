@@ -5,7 +5,7 @@
 use regorus::{Engine, Rc, Value};
 use sha2::{Digest, Sha256};
 
-use crate::config::PolicyConfig;
+use crate::config::{MATERIALIZATION_LIMIT, PolicyConfig, timer};
 use crate::decision::{Decision, DecisionKind, EvalError, engine_error};
 use crate::document::{MAX_DOCUMENT_BYTES, MAX_DOCUMENT_COLUMN, MAX_DOCUMENT_LINES};
 
@@ -18,8 +18,24 @@ pub const CONTRACT_VERSION: &str = "2026-07-12";
 /// The rule every evaluation asks for.
 pub const RESULT_RULE: &str = "data.caracal.authz.result";
 
+/// The contract rule that computes the data-derived values (flags and lookup tables that depend
+/// on the data alone). [`build_evaluation_engine`] evaluates it once and stores the value as
+/// `data.caracal.derived`, which the contract reads instead of recomputing it per request.
+pub(crate) const DERIVE_RULE: &str = "data.caracal.authz.derive_values";
+
 /// The file name the contract is loaded under (appears in regorus messages).
 const CONTRACT_SOURCE_NAME: &str = "caracal_contract.rego";
+
+/// Whether [`build_engine`] precomputes the data-derived values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Derived {
+    /// Evaluate [`DERIVE_RULE`] once and add its value as `data.caracal.derived` (every bundle).
+    Precomputed,
+    /// Leave `data.caracal.derived` absent, so the contract computes the values itself on every
+    /// evaluation (its fallback; tests compare the two).
+    #[cfg(test)]
+    Absent,
+}
 
 /// Lowercase hex SHA-256 of [`CONTRACT_REGO`].
 pub fn contract_sha256() -> String {
@@ -43,27 +59,71 @@ pub(crate) fn new_engine() -> Engine {
 /// The prepared evaluation engine (§5.2 step 4): the contract over `authz_data`, which becomes
 /// `data.caracal.authz`, with the configured time limit, compiled for [`RESULT_RULE`] once.
 ///
+/// Before compiling, the contract's own [`DERIVE_RULE`] is evaluated once over that data (under
+/// [`MATERIALIZATION_LIMIT`], like the rest of the bundle build) and its value is added as
+/// `data.caracal.derived`: the per-request evaluation then reads the `risk` and
+/// `approval_tiers` checks (the §5.2 second line) and the diagnostics lookup tables instead of
+/// recomputing them. The values come from the contract's Rego, so there is one definition.
+///
 /// The returned engine is never evaluated directly: each evaluation clones it.
 pub(crate) fn build_evaluation_engine(
     authz_data: serde_json::Value,
     config: &PolicyConfig,
 ) -> Result<Engine, EvalError> {
+    build_engine(authz_data, config, Derived::Precomputed)
+}
+
+/// [`build_evaluation_engine`], optionally without the precomputed derived values.
+pub(crate) fn build_engine(
+    authz_data: serde_json::Value,
+    config: &PolicyConfig,
+    derived: Derived,
+) -> Result<Engine, EvalError> {
     let mut engine = new_engine();
     engine
         .add_policy(CONTRACT_SOURCE_NAME.to_owned(), CONTRACT_REGO.to_owned())
         .map_err(engine_error)?;
-    let mut authz = serde_json::Map::new();
-    authz.insert("authz".to_owned(), authz_data);
-    let mut caracal = serde_json::Map::new();
-    caracal.insert("caracal".to_owned(), serde_json::Value::Object(authz));
-    let data = to_regorus_value(serde_json::Value::Object(caracal))?;
-    engine.add_data(data).map_err(engine_error)?;
+    let authz = to_regorus_value(authz_data)?;
+    engine
+        .add_data(caracal_data("authz", authz))
+        .map_err(engine_error)?;
+    if derived == Derived::Precomputed {
+        let values = derive_values(&engine)?;
+        engine
+            .add_data(caracal_data("derived", values))
+            .map_err(engine_error)?;
+    }
     engine.set_execution_timer_config(config.eval_timer());
     let entrypoint: Rc<str> = Rc::from(RESULT_RULE);
     engine
         .compile_with_entrypoint(&entrypoint)
         .map_err(engine_error)?;
     Ok(engine)
+}
+
+/// Evaluates [`DERIVE_RULE`] over the data already added to `engine` (no input), on a clone
+/// limited to [`MATERIALIZATION_LIMIT`].
+pub(crate) fn derive_values(engine: &Engine) -> Result<Value, EvalError> {
+    let mut engine = engine.clone();
+    engine.set_execution_timer_config(timer(MATERIALIZATION_LIMIT));
+    let values = engine
+        .eval_rule(DERIVE_RULE.to_owned())
+        .map_err(engine_error)?;
+    if values.as_object().is_err() {
+        return Err(EvalError::BadResultShape {
+            detail: format!("{DERIVE_RULE} is not an object: {values}"),
+        });
+    }
+    Ok(values)
+}
+
+/// `{"caracal": {<key>: <value>}}`, for `add_data`.
+fn caracal_data(key: &str, value: Value) -> Value {
+    let inner: regorus::value::Object = [(Value::from(key), value)].into_iter().collect();
+    let outer: regorus::value::Object = [(Value::from("caracal"), Value::from(inner))]
+        .into_iter()
+        .collect();
+    Value::from(outer)
 }
 
 /// Converts JSON into a regorus value without regorus's silent `Undefined` on failure.
@@ -102,5 +162,7 @@ pub fn self_check() -> Result<(), EvalError> {
     }
 }
 
+#[cfg(test)]
+mod equivalence;
 #[cfg(test)]
 mod tests;

@@ -160,13 +160,60 @@ impl Decision {
     }
 
     /// Interprets a regorus result (§5.5): undefined or `{}` is the default deny.
+    ///
+    /// A result document of the shape the contract produces is read directly, converting only
+    /// the diagnostics to JSON; anything else (and every malformed result) goes through its JSON
+    /// form and [`Self::from_result_document`]. Both give the same decision for the same
+    /// document (`tests::reading_a_result_directly_equals_reading_its_json`).
     pub(crate) fn from_result(result: &regorus::Value) -> Result<Self, EvalError> {
         if *result == regorus::Value::Undefined {
             return Ok(Self::deny("no_rule_matched"));
         }
+        if let Some(decision) = Self::from_plain_result(result) {
+            return Ok(decision);
+        }
         let json = serde_json::to_value(result)
             .map_err(|err| shape_error(format!("result is not JSON: {err}")))?;
         Self::from_result_document(&json)
+    }
+
+    /// The fast path of [`Self::from_result`]: an object with exactly the four result fields, a
+    /// string `decision` of `allow` or `deny`, a string `evaluation_status`, and arrays of
+    /// objects with string keys for `determining_policies` and `diagnostics`. `None` for
+    /// anything else.
+    fn from_plain_result(result: &regorus::Value) -> Option<Self> {
+        let object = result.as_object().ok()?;
+        if object.len() != 4 {
+            return None;
+        }
+        let field = |name: &str| object.get(&regorus::Value::from(name));
+        let decision = match field("decision")? {
+            regorus::Value::String(text) if text.as_ref() == "allow" => DecisionKind::Allow,
+            regorus::Value::String(text) if text.as_ref() == "deny" => DecisionKind::Deny,
+            _ => return None,
+        };
+        let regorus::Value::String(evaluation_status) = field("evaluation_status")? else {
+            return None;
+        };
+        let policies = plain_objects(field("determining_policies")?)?;
+        let diagnostics = plain_objects(field("diagnostics")?)?;
+        let determining_policies = policies
+            .iter()
+            .filter_map(|policy| match policy.get(&regorus::Value::from("policy")) {
+                Some(regorus::Value::String(name)) => Some(name.as_ref().to_owned()),
+                _ => None,
+            })
+            .collect();
+        let diagnostics = diagnostics
+            .iter()
+            .map(|diagnostic| serde_json::to_value(diagnostic).ok())
+            .collect::<Option<Vec<_>>>()?;
+        Some(Self {
+            decision,
+            evaluation_status: evaluation_status.as_ref().to_owned(),
+            determining_policies,
+            diagnostics,
+        })
     }
 
     /// Interprets a result document (§5.5).
@@ -275,6 +322,26 @@ impl Decision {
         );
         Value::Object(document)
     }
+}
+
+/// The elements of a regorus array whose elements are all objects with string keys.
+fn plain_objects(value: &regorus::Value) -> Option<Vec<&regorus::value::Object>> {
+    let regorus::Value::Array(items) = value else {
+        return None;
+    };
+    items
+        .iter()
+        .map(|item| match item {
+            regorus::Value::Object(object)
+                if object
+                    .keys()
+                    .all(|key| matches!(key, regorus::Value::String(_))) =>
+            {
+                Some(object.as_ref())
+            }
+            _ => None,
+        })
+        .collect()
 }
 
 fn array_of_objects<'a>(

@@ -7,7 +7,9 @@
 //!   parser and walking the AST; [`content_sha256`] and [`manifest_sha256`] are the §5.7 hashes.
 //! - [`Bundle::build`] turns a policy-set version into a prepared evaluator (§5.2): it verifies
 //!   the hashes, validates every document, materializes the six data roots once, checks their
-//!   shapes and prepares our own decision contract ([`CONTRACT_REGO`]) over that data.
+//!   shapes and prepares our own decision contract ([`CONTRACT_REGO`]) over that data, with the
+//!   contract's data-derived values (its §5.2 second-line checks and lookup tables) evaluated
+//!   once and stored as `data.caracal.derived`.
 //! - [`Bundle::evaluate`] decides one [`PolicyInput`] (§5.3) under the configured time limit and
 //!   interprets the result document (§5.4, §5.5); [`Bundle::deny_all`] is the no-binding
 //!   fallback (§5.6).

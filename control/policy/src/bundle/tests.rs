@@ -423,3 +423,89 @@ fn expressions_at_the_depth_bound_build_and_evaluate_on_a_small_stack() {
     let decision = handle.join().unwrap();
     assert_eq!(decision.deny_reason(), Some("resource_not_granted"));
 }
+
+#[test]
+fn a_bundle_stores_the_derived_values_the_contract_computes_over_its_data() {
+    let fixtures = [
+        vec![
+            include_str!("../../tests/fixtures/zone_grants.rego"),
+            include_str!("../../tests/fixtures/zone_risk.rego"),
+        ],
+        vec![include_str!("../../tests/fixtures/restricted.rego")],
+        vec![GRANTS_A, GRANTS_B],
+    ];
+    for contents in fixtures {
+        let bundle = build(&contents).unwrap();
+        let Evaluator::Prepared(engine) = &bundle.evaluator else {
+            panic!("a built bundle is prepared");
+        };
+        let stored = engine
+            .as_ref()
+            .clone()
+            .eval_query("data.caracal.derived".to_owned(), false)
+            .unwrap()
+            .result[0]
+            .expressions[0]
+            .value
+            .clone();
+        let mut fallback = crate::contract::build_engine(
+            bundle.data().clone(),
+            &PolicyConfig::default(),
+            crate::contract::Derived::Absent,
+        )
+        .unwrap();
+        let computed = fallback
+            .eval_rule("data.caracal.authz.derived".to_owned())
+            .unwrap();
+        assert_eq!(stored, computed);
+        // Nothing malformed survives a build, so the stored flags are all false.
+        for flag in [
+            "malformed_risk",
+            "malformed_approval",
+            "confinement_malformed",
+        ] {
+            assert_eq!(stored[flag], regorus::Value::Bool(false), "{flag}");
+        }
+    }
+}
+
+#[test]
+fn the_zone_fixture_derives_tiers_and_declarations_per_scope() {
+    let bundle = build(&[
+        include_str!("../../tests/fixtures/zone_grants.rego"),
+        include_str!("../../tests/fixtures/zone_risk.rego"),
+    ])
+    .unwrap();
+    let Evaluator::Prepared(engine) = &bundle.evaluator else {
+        panic!("a built bundle is prepared");
+    };
+    let stored = engine
+        .as_ref()
+        .clone()
+        .eval_query("data.caracal.derived".to_owned(), false)
+        .unwrap()
+        .result[0]
+        .expressions[0]
+        .value
+        .clone();
+    assert_eq!(
+        serde_json::to_value(&stored).unwrap(),
+        json!({
+            "restricted": false,
+            "malformed_risk": false,
+            "malformed_approval": false,
+            "confinement_malformed": false,
+            "confinement_prefixes": ["sandbox-"],
+            "risk_of": {
+                "crm:admin": {"scope": "crm:admin", "tier": "high"},
+                "crm:read": {"scope": "crm:read", "tier": "low"},
+                "crm:write": {"scope": "crm:write", "tier": "high"}
+            },
+            "step_up_of": {
+                "crm:admin": [{"approver": "subject", "privacy": "pseudonymous", "tier": "high", "ttl_seconds": 600}],
+                "crm:read": [{"approver": "any", "tier": "low"}],
+                "crm:write": [{"approver": "subject", "privacy": "pseudonymous", "tier": "high", "ttl_seconds": 600}]
+            }
+        })
+    );
+}

@@ -97,7 +97,12 @@ fn scope() -> impl Strategy<Value = Json> {
 
 fn string_scopes() -> impl Strategy<Value = Json> {
     proptest::collection::vec(
-        one_of(vec![json!("a:read"), json!("a:write"), json!("a:admin"), json!("b:read")]),
+        one_of(vec![
+            json!("a:read"),
+            json!("a:write"),
+            json!("a:admin"),
+            json!("b:read"),
+        ]),
         0..4,
     )
     .prop_map(Json::Array)
@@ -349,16 +354,18 @@ fn authz_data() -> impl Strategy<Value = Json> {
         coherent_risk(),
         coherent_approval_tiers(),
     )
-        .prop_map(|(app_ids, grants, confinement, restrict, risk, approval_tiers)| {
-            object(vec![
-                ("app_ids", Some(app_ids)),
-                ("grants", Some(grants)),
-                ("confinement", Some(confinement)),
-                ("restrict", restrict),
-                ("risk", Some(risk)),
-                ("approval_tiers", Some(approval_tiers)),
-            ])
-        });
+        .prop_map(
+            |(app_ids, grants, confinement, restrict, risk, approval_tiers)| {
+                object(vec![
+                    ("app_ids", Some(app_ids)),
+                    ("grants", Some(grants)),
+                    ("confinement", Some(confinement)),
+                    ("restrict", restrict),
+                    ("risk", Some(risk)),
+                    ("approval_tiers", Some(approval_tiers)),
+                ])
+            },
+        );
     let mixed = (
         maybe(prop_oneof![1 => coherent_app_ids().boxed(), 1 => app_ids().boxed()]),
         maybe(prop_oneof![1 => coherent_grants().boxed(), 1 => grants().boxed()]),
@@ -367,16 +374,18 @@ fn authz_data() -> impl Strategy<Value = Json> {
         maybe(prop_oneof![1 => coherent_risk().boxed(), 1 => risk().boxed()]),
         maybe(prop_oneof![1 => coherent_approval_tiers().boxed(), 1 => approval_tiers().boxed()]),
     )
-        .prop_map(|(app_ids, grants, confinement, restrict, risk, approval_tiers)| {
-            object(vec![
-                ("app_ids", app_ids),
-                ("grants", grants),
-                ("confinement", confinement),
-                ("restrict", restrict),
-                ("risk", risk),
-                ("approval_tiers", approval_tiers),
-            ])
-        });
+        .prop_map(
+            |(app_ids, grants, confinement, restrict, risk, approval_tiers)| {
+                object(vec![
+                    ("app_ids", app_ids),
+                    ("grants", grants),
+                    ("confinement", confinement),
+                    ("restrict", restrict),
+                    ("risk", risk),
+                    ("approval_tiers", approval_tiers),
+                ])
+            },
+        );
     prop_oneof![2 => coherent, 1 => mixed]
 }
 
@@ -387,14 +396,23 @@ fn present(p: f64, value: impl Strategy<Value = Json>) -> impl Strategy<Value = 
 
 fn coherent_labels() -> impl Strategy<Value = Json> {
     proptest::sample::subsequence(
-        vec![json!("reader"), json!("writer"), json!("sandbox-1"), json!("ci-1"), json!("team")],
+        vec![
+            json!("reader"),
+            json!("writer"),
+            json!("sandbox-1"),
+            json!("ci-1"),
+            json!("team"),
+        ],
         0..=3,
     )
     .prop_map(Json::Array)
 }
 
 fn a_scopes() -> impl Strategy<Value = Vec<Json>> {
-    proptest::sample::subsequence(vec![json!("a:read"), json!("a:write"), json!("a:admin")], 1..=3)
+    proptest::sample::subsequence(
+        vec![json!("a:read"), json!("a:write"), json!("a:admin")],
+        1..=3,
+    )
 }
 
 /// A well-formed mint, use or workload request of application `app-a` on `resource://a`.
@@ -613,7 +631,11 @@ fn generated_cases_reach_every_row_of_the_decision_table() {
                     .determining_policies
                     .first()
                     .map(|policy| {
-                        let hold = if decision.requires_step_up() { "+hold" } else { "" };
+                        let hold = if decision.requires_step_up() {
+                            "+hold"
+                        } else {
+                            ""
+                        };
                         match policy.rsplit('-').next() {
                             Some("bootstrap") => "allow bootstrap".to_owned(),
                             Some(kind) if policy == "caracal-workload-mint" => {
@@ -647,7 +669,10 @@ fn generated_cases_reach_every_row_of_the_decision_table() {
         "allow use",
         "allow bootstrap",
     ] {
-        assert!(seen.contains(row), "no generated case reached {row:?}; reached {counts:?}");
+        assert!(
+            seen.contains(row),
+            "no generated case reached {row:?}; reached {counts:?}"
+        );
     }
 }
 

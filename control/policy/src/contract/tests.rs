@@ -332,3 +332,132 @@ fn regorus_with_strict_builtin_errors_off_makes_a_failing_builtin_undefined() {
         regorus::Value::from("fallback")
     );
 }
+
+// Behaviours the request path of the contract relies on (settled point 16), at the pinned
+// version. The equivalence property in `equivalence.rs` covers them in context; these pin each one.
+
+fn eval_with_input(policy: &str, rule: &str, input: Json) -> Result<regorus::Value, EvalError> {
+    let mut engine = new_engine();
+    engine
+        .add_policy("b.rego".to_owned(), policy.to_owned())
+        .map_err(engine_error)?;
+    engine.set_input(to_regorus_value(input)?);
+    engine.eval_rule(rule.to_owned()).map_err(engine_error)
+}
+
+#[test]
+fn regorus_not_x_equals_x_is_true_exactly_when_x_is_absent() {
+    let policy = "package t\n\nimport rego.v1\n\nabsent if not input.x == input.x\n";
+    for (input, expected) in [
+        (json!({}), regorus::Value::Bool(true)),
+        (json!({"x": null}), regorus::Value::Undefined),
+        (json!({"x": false}), regorus::Value::Undefined),
+        (json!({"x": []}), regorus::Value::Undefined),
+        (json!({"x": "a"}), regorus::Value::Undefined),
+    ] {
+        assert_eq!(
+            eval_with_input(policy, "data.t.absent", input.clone()).unwrap(),
+            expected,
+            "{input}"
+        );
+    }
+}
+
+#[test]
+fn regorus_index_zero_of_an_input_value_is_defined_exactly_for_a_non_empty_array() {
+    let policy = "package t\n\nimport rego.v1\n\nnon_empty if {\n\t_ = input.x[0]\n}\n";
+    for (input, expected) in [
+        (json!({"x": ["a"]}), regorus::Value::Bool(true)),
+        (json!({"x": [null]}), regorus::Value::Bool(true)),
+        (json!({"x": [false]}), regorus::Value::Bool(true)),
+        (json!({"x": []}), regorus::Value::Undefined),
+        (json!({"x": "abc"}), regorus::Value::Undefined),
+        (json!({"x": {"0": "a"}}), regorus::Value::Undefined),
+        (json!({"x": 0}), regorus::Value::Undefined),
+        (json!({}), regorus::Value::Undefined),
+    ] {
+        assert_eq!(
+            eval_with_input(policy, "data.t.non_empty", input.clone()).unwrap(),
+            expected,
+            "{input}"
+        );
+    }
+}
+
+#[test]
+fn regorus_any_prefix_match_is_false_only_when_every_label_is_a_string_matching_no_prefix() {
+    let policy = "package t\n\nimport rego.v1\n\nm := strings.any_prefix_match(input.labels, input.prefixes)\n";
+    for (input, expected) in [
+        (
+            json!({"labels": ["a-1", "b"], "prefixes": ["c-"]}),
+            json!(false),
+        ),
+        (json!({"labels": [], "prefixes": ["c-"]}), json!(false)),
+        (json!({"labels": ["a-1"], "prefixes": []}), json!(false)),
+        (
+            json!({"labels": ["c-1"], "prefixes": ["a-", "c-"]}),
+            json!(true),
+        ),
+        (json!({"labels": [7, "b"], "prefixes": ["c-"]}), json!(null)),
+        (json!({"prefixes": ["c-"]}), json!(null)),
+    ] {
+        let value = eval_with_input(policy, "data.t.m", input.clone()).unwrap();
+        let value = if value == regorus::Value::Undefined {
+            json!(null)
+        } else {
+            serde_json::to_value(&value).unwrap()
+        };
+        assert_eq!(value, expected, "{input}");
+    }
+}
+
+#[test]
+fn regorus_else_falls_through_a_body_whose_value_is_undefined() {
+    let policy = "package t\n\nimport rego.v1\n\nv := input.missing if {\n\ttrue\n} else := 2\n";
+    assert_eq!(
+        eval_with_input(policy, "data.t.v", json!({})).unwrap(),
+        regorus::Value::from(2_u64)
+    );
+}
+
+#[test]
+fn regorus_checks_a_type_before_iterating_in_the_order_written() {
+    // `some x in <scalar>` is an error; the guard written before it must run first.
+    let policy = "package t\n\nimport rego.v1\n\nr if {\n\tis_array(input.l)\n\tsome x in input.l\n\tx == 1\n}\n";
+    for input in [json!({"l": "abc"}), json!({"l": 3}), json!({"l": [2]})] {
+        assert_eq!(
+            eval_with_input(policy, "data.t.r", input.clone()).unwrap(),
+            regorus::Value::Undefined,
+            "{input}"
+        );
+    }
+    assert_eq!(
+        eval_with_input(policy, "data.t.r", json!({"l": [1]})).unwrap(),
+        regorus::Value::Bool(true)
+    );
+}
+
+#[test]
+fn regorus_converts_a_number_index_to_a_string_key_only_on_data_references() {
+    // The contract indexes grants and app_ids from `data` (like the notation of section 5.4),
+    // and role and diagnostics tables through local values, as the reference contract did.
+    let mut engine = new_engine();
+    engine
+        .add_policy(
+            "n.rego".to_owned(),
+            "package t\n\nimport rego.v1\n\nfrom_data := data.d[input.k]\n\nfrom_local := v if {\n\tm := data.d\n\tv := m[input.k]\n}\n".to_owned(),
+        )
+        .unwrap();
+    engine
+        .add_data(to_regorus_value(json!({"d": {"5": "five"}})).unwrap())
+        .unwrap();
+    engine.set_input(to_regorus_value(json!({"k": 5})).unwrap());
+    assert_eq!(
+        engine.eval_rule("data.t.from_data".to_owned()).unwrap(),
+        regorus::Value::from("five")
+    );
+    assert_eq!(
+        engine.eval_rule("data.t.from_local".to_owned()).unwrap(),
+        regorus::Value::Undefined
+    );
+}

@@ -185,3 +185,125 @@ fn a_time_limit_error_reported_as_text_is_still_a_timeout() {
         EvalError::TimedOut { limit } if limit == Duration::from_millis(1)
     ));
 }
+
+// `from_result` reads well-formed results directly; it must decide exactly as reading their JSON.
+
+mod direct_reading {
+    use proptest::prelude::*;
+    use regorus::Value as Rv;
+
+    use super::super::*;
+
+    /// The reading before the fast path: the whole result through JSON.
+    fn via_json(result: &Rv) -> Result<Decision, ()> {
+        if *result == Rv::Undefined {
+            return Ok(Decision::deny("no_rule_matched"));
+        }
+        let json = serde_json::to_value(result).map_err(|_err| ())?;
+        Decision::from_result_document(&json).map_err(|_err| ())
+    }
+
+    fn object(entries: Vec<(Rv, Rv)>) -> Rv {
+        Rv::from(entries.into_iter().collect::<regorus::value::Object>())
+    }
+
+    fn scalar() -> impl Strategy<Value = Rv> {
+        prop_oneof![
+            Just(Rv::from("allow")),
+            Just(Rv::from("deny")),
+            Just(Rv::from("complete")),
+            Just(Rv::from("pending")),
+            Just(Rv::from("caracal-crm-mint")),
+            Just(Rv::from("")),
+            Just(Rv::from(3_u64)),
+            Just(Rv::Null),
+            Just(Rv::Bool(true)),
+        ]
+    }
+
+    fn entry_object() -> impl Strategy<Value = Rv> {
+        proptest::collection::vec(
+            (
+                prop_oneof![
+                    4 => Just(Rv::from("policy")),
+                    4 => Just(Rv::from("reason")),
+                    1 => Just(Rv::from("risk")),
+                    1 => Just(Rv::from(1_u64)),
+                ],
+                prop_oneof![3 => scalar(), 1 => proptest::collection::vec(scalar(), 0..3).prop_map(Rv::from)],
+            ),
+            0..3,
+        )
+        .prop_map(object)
+    }
+
+    fn list() -> impl Strategy<Value = Rv> {
+        let items =
+            proptest::collection::vec(prop_oneof![5 => entry_object(), 1 => scalar()], 0..3);
+        prop_oneof![
+            4 => items.clone().prop_map(Rv::from),
+            1 => items.prop_map(|items| Rv::from(items.into_iter().collect::<std::collections::BTreeSet<_>>())),
+            1 => scalar(),
+        ]
+    }
+
+    fn result() -> impl Strategy<Value = Rv> {
+        let fields = (
+            proptest::option::weighted(0.9, scalar()),
+            proptest::option::weighted(0.9, scalar()),
+            proptest::option::weighted(0.9, list()),
+            proptest::option::weighted(0.9, list()),
+            proptest::option::weighted(0.2, scalar()),
+        )
+            .prop_map(|(decision, status, policies, diagnostics, extra)| {
+                let mut entries = Vec::new();
+                for (key, value) in [
+                    ("decision", decision),
+                    ("evaluation_status", status),
+                    ("determining_policies", policies),
+                    ("diagnostics", diagnostics),
+                    ("extra", extra),
+                ] {
+                    if let Some(value) = value {
+                        entries.push((Rv::from(key), value));
+                    }
+                }
+                object(entries)
+            });
+        prop_oneof![
+            8 => fields,
+            1 => scalar(),
+            1 => Just(Rv::Undefined),
+            1 => Just(Rv::new_object()),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(1024))]
+
+        #[test]
+        fn reading_a_result_directly_equals_reading_its_json(result in result()) {
+            prop_assert_eq!(Decision::from_result(&result).map_err(|_err| ()), via_json(&result));
+        }
+    }
+
+    #[test]
+    fn the_contracts_documents_take_the_direct_path() {
+        let allow = Rv::from_json_str(
+            r#"{"decision":"allow","evaluation_status":"complete",
+                "determining_policies":[{"policy":"caracal-crm-mint"}],
+                "diagnostics":[{"step_up_required":{"type":"human_approval","tiers":[{"tier":"high"}]}},
+                               {"risk":[{"scope":"crm:write","tier":"high"}]}]}"#,
+        )
+        .unwrap();
+        let deny = Rv::from_json_str(
+            r#"{"decision":"deny","evaluation_status":"complete","determining_policies":[],
+                "diagnostics":[{"reason":"role_scope_mismatch"}]}"#,
+        )
+        .unwrap();
+        for document in [allow, deny] {
+            let direct = Decision::from_plain_result(&document).unwrap();
+            assert_eq!(Ok(direct), via_json(&document));
+        }
+    }
+}

@@ -144,3 +144,215 @@ fn input_round_trips_through_json() {
     let back: PolicyInput = serde_json::from_str(&json).unwrap();
     assert_eq!(back, input);
 }
+
+// The direct regorus value (what `Bundle::evaluate` hands the engine) equals converting the
+// serde JSON, for every field's presence and every kind of claim value.
+
+mod direct_value {
+    use proptest::prelude::*;
+    use serde_json::{Map, Value, json};
+
+    use super::super::*;
+
+    fn via_serde(input: &PolicyInput) -> regorus::Value {
+        serde_json::from_value(input.to_json().unwrap()).unwrap()
+    }
+
+    fn text() -> impl Strategy<Value = String> {
+        prop_oneof![
+            2 => Just(String::new()),
+            3 => "[a-z:]{1,8}",
+            1 => "\\PC{0,12}",
+        ]
+    }
+
+    fn texts() -> impl Strategy<Value = Vec<String>> {
+        proptest::collection::vec(text(), 0..4)
+    }
+
+    fn json_value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<u64>().prop_map(|n| json!(n)),
+            any::<i64>().prop_map(|n| json!(n)),
+            any::<f64>()
+                .prop_filter("finite", |n| n.is_finite())
+                .prop_map(|n| json!(n)),
+            Just(json!(1.0)),
+            Just(json!(-0.0)),
+            text().prop_map(Value::String),
+        ];
+        leaf.prop_recursive(3, 24, 4, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                proptest::collection::btree_map(text(), inner, 0..4)
+                    .prop_map(|map| Value::Object(map.into_iter().collect())),
+            ]
+        })
+    }
+
+    fn claims() -> impl Strategy<Value = Map<String, Value>> {
+        proptest::collection::btree_map(text(), json_value(), 0..4)
+            .prop_map(|map| map.into_iter().collect())
+    }
+
+    fn principal() -> impl Strategy<Value = Principal> {
+        (
+            any::<bool>(),
+            text(),
+            text(),
+            text(),
+            text(),
+            text(),
+            texts(),
+        )
+            .prop_map(|(workload, id, zone, method, session, lifecycle, labels)| {
+                let base = if workload {
+                    Principal::workload(id, zone)
+                } else {
+                    Principal::application(id, zone)
+                };
+                Principal {
+                    registration_method: method,
+                    agent_session_id: session,
+                    lifecycle,
+                    labels,
+                    ..base
+                }
+            })
+    }
+
+    fn action() -> impl Strategy<Value = Action> {
+        (
+            any::<bool>(),
+            proptest::option::of(text()),
+            proptest::option::of(text()),
+        )
+            .prop_map(|(injection, method, path)| Action {
+                id: if injection {
+                    ActionId::CredentialInjection
+                } else {
+                    ActionId::TokenExchange
+                },
+                method,
+                path,
+            })
+    }
+
+    fn edge() -> impl Strategy<Value = DelegationEdge> {
+        (
+            (text(), text(), text(), text(), text(), text()),
+            texts(),
+            prop_oneof![Just(0_u64), any::<u64>()],
+            texts(),
+            prop_oneof![Just(0_u64), any::<u64>()],
+            claims(),
+        )
+            .prop_map(
+                |(
+                    (id, source, target, issuer, receiver, resource),
+                    scopes,
+                    edge_version,
+                    path,
+                    graph_epoch,
+                    constraints_json,
+                )| DelegationEdge {
+                    id,
+                    source_session_id: source,
+                    target_session_id: target,
+                    issuer_application_id: issuer,
+                    receiver_application_id: receiver,
+                    resource_id: resource,
+                    scopes,
+                    edge_version,
+                    path,
+                    graph_epoch,
+                    constraints_json,
+                },
+            )
+    }
+
+    fn context() -> impl Strategy<Value = Context> {
+        (
+            claims(),
+            proptest::option::of(claims()),
+            (text(), text(), text(), text()),
+            any::<bool>(),
+            texts(),
+        )
+            .prop_map(
+                |(
+                    actor_claims,
+                    subject_claims,
+                    (trace_id, session_id, agent_session_id, delegation_edge_id),
+                    challenge_resolved,
+                    requested_scopes,
+                )| Context {
+                    actor_claims,
+                    subject_claims,
+                    trace_id,
+                    session_id,
+                    agent_session_id,
+                    delegation_edge_id,
+                    challenge_resolved,
+                    requested_scopes,
+                },
+            )
+    }
+
+    fn policy_input() -> impl Strategy<Value = PolicyInput> {
+        (
+            principal(),
+            (text(), text(), texts()),
+            action(),
+            proptest::option::of(text()),
+            proptest::option::of(edge()),
+            context(),
+        )
+            .prop_map(
+                |(principal, (id, identifier, scopes), action, session, edge, context)| {
+                    let mut input = PolicyInput::new(
+                        principal,
+                        Resource::new(id, identifier, scopes),
+                        action,
+                        context,
+                    );
+                    if let Some(session) = session {
+                        input = input.with_session(session);
+                    }
+                    if let Some(edge) = edge {
+                        input = input.with_delegation_edge(edge);
+                    }
+                    input
+                },
+            )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        #[test]
+        fn the_direct_regorus_value_equals_the_serde_conversion(input in policy_input()) {
+            prop_assert_eq!(input.to_regorus_value().unwrap(), via_serde(&input));
+        }
+    }
+
+    #[test]
+    fn numbers_in_claims_convert_as_regorus_reads_json() {
+        let claims: Map<String, Value> = json!({
+            "small": 1, "negative": -7, "max": u64::MAX, "min": i64::MIN,
+            "float": 1.5, "whole_float": 60.0, "tiny": 1e-300, "nested": [{"n": 2.25}]
+        })
+        .as_object()
+        .cloned()
+        .unwrap();
+        let input = PolicyInput::new(
+            Principal::application("app-1", "zone-1"),
+            Resource::new("res-1", "resource://crm", ["crm:read"]),
+            Action::gateway("GET", "/x"),
+            Context::for_client("app-1").with_subject_claims(claims),
+        );
+        assert_eq!(input.to_regorus_value().unwrap(), via_serde(&input));
+    }
+}
