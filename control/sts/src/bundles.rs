@@ -51,17 +51,7 @@ impl Bundles {
         let slot = self.zones.load().get(zone.as_str()).cloned();
         let slot = match slot {
             Some(slot) => slot,
-            None => {
-                let mut tx = zone_tx(&self.pool, zone).await?;
-                let binding = policy_sets::active_bindings(&mut tx)
-                    .await?
-                    .into_iter()
-                    .next();
-                let slot = self.build_slot(&mut tx, zone.as_str(), binding).await;
-                tx.commit().await?;
-                self.store(zone.as_str(), slot.clone());
-                slot
-            }
+            None => self.load_zone(zone).await?,
         };
         match slot {
             Slot::Ready(bundle) => Ok(bundle),
@@ -73,6 +63,11 @@ impl Bundles {
 
     /// Re-reads one zone's binding and rebuilds its bundle (on `caracal.policy.invalidate`).
     pub(crate) async fn refresh_zone(&self, zone: &ZoneId) -> Result<(), StsError> {
+        self.load_zone(zone).await.map(|_slot| ())
+    }
+
+    /// Reads the zone's active binding, builds (or falls back) and stores the slot.
+    async fn load_zone(&self, zone: &ZoneId) -> Result<Slot, StsError> {
         let mut tx = zone_tx(&self.pool, zone).await?;
         let binding = policy_sets::active_bindings(&mut tx)
             .await?
@@ -80,8 +75,8 @@ impl Bundles {
             .next();
         let slot = self.build_slot(&mut tx, zone.as_str(), binding).await;
         tx.commit().await?;
-        self.store(zone.as_str(), slot);
-        Ok(())
+        self.store(zone.as_str(), slot.clone());
+        Ok(slot)
     }
 
     /// Re-reads every active binding and rebuilds the zones whose version changed. Errors
