@@ -18,6 +18,7 @@ use bench::{AGENT, CHILD, CHILD_SESSION, EDGE, PARENT_SESSION, POLICY, SECRET, Z
 use clap::Parser;
 use control_store::migrate::{MigrateOptions, MigrationSet};
 use sqlx::{ConnectOptions, Connection, PgConnection, postgres::PgConnectOptions};
+use tests_harness::provision::Provision;
 
 /// Every database this tool creates starts with this; `--drop` refuses any other name.
 const PREFIX: &str = "caracal_bench_";
@@ -89,10 +90,7 @@ async fn create(db: &PgConnectOptions) -> anyhow::Result<()> {
     control_store::migrate::migrate(db, &set, &MigrateOptions::default())
         .await
         .context("migrate")?;
-    let mut conn = db.connect().await?;
-    provision(&mut conn).await.context("provisioning")?;
-    conn.close().await?;
-    Ok(())
+    provision(db.connect().await?).await.context("provisioning")
 }
 
 async fn drop_db(admin: &PgConnectOptions, name: &str) -> anyhow::Result<()> {
@@ -111,150 +109,55 @@ async fn drop_db(admin: &PgConnectOptions, name: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The scenario, inserted as the superuser (row-level security does not apply), the way
-/// the test harness provisions (`tests/harness/src/provision.rs`).
-async fn provision(conn: &mut PgConnection) -> anyhow::Result<()> {
-    sqlx::raw_sql("SET search_path = caracal")
-        .execute(&mut *conn)
-        .await?;
-    sqlx::query("INSERT INTO zones (id, name, slug) VALUES ($1, $1, $1)")
-        .bind(ZONE)
-        .execute(&mut *conn)
-        .await
-        .context("zone")?;
+/// The scenario, inserted as the superuser (row-level security does not apply) with the
+/// test harness's provisioning, except that the secrets carry the production cost.
+async fn provision(conn: PgConnection) -> anyhow::Result<()> {
+    let mut p = Provision::from_connection(conn).await?;
+    p.zone(ZONE).await?;
     // The production default cost (m=19456 KiB, t=2, p=1): the STS verifies the first
     // request of each application with it, then serves from its verified-secret cache.
     let params = control_crypto::Argon2Params::default();
     for app in [AGENT, CHILD] {
         let hash = control_crypto::hash_secret(&params, SECRET.as_bytes())?;
-        sqlx::query(
-            "INSERT INTO applications (id, zone_id, name, client_secret_hash, traits) \
-             VALUES ($1, $2, $1, $3, $4)",
-        )
-        .bind(app)
-        .bind(ZONE)
-        .bind(hash)
-        .bind(Vec::<String>::new())
-        .execute(&mut *conn)
-        .await
-        .context("application")?;
+        p.application_with_hash(ZONE, app, &hash, &[]).await?;
     }
-    sqlx::query(
-        "INSERT INTO providers (id, zone_id, name, identifier, provider_kind) \
-         VALUES ('p-none', $1, 'p-none', 'provider://p-none', 'none')",
+    p.provider_none(ZONE, "p-none").await?;
+    let upstream = Some("http://127.0.0.1:9/");
+    p.resource(
+        ZONE,
+        "crm",
+        "resource://crm",
+        &["crm:read", "crm:write"],
+        upstream,
+        "p-none",
     )
-    .bind(ZONE)
-    .execute(&mut *conn)
-    .await
-    .context("provider")?;
-    for (id, identifier, scopes) in [
-        ("crm", "resource://crm", ["crm:read", "crm:write"]),
-        (
-            "reports",
-            "resource://reports",
-            ["reports:read", "reports:write"],
-        ),
-    ] {
-        sqlx::query(
-            "INSERT INTO resources (id, zone_id, name, identifier, upstream_url, credential_provider_id, scopes) \
-             VALUES ($1, $2, $1, $3, 'http://127.0.0.1:9/', 'p-none', $4)",
-        )
-        .bind(id)
-        .bind(ZONE)
-        .bind(identifier)
-        .bind(scopes.map(str::to_owned).to_vec())
-        .execute(&mut *conn)
-        .await
-        .context("resource")?;
-    }
-    activate_policy(conn).await.context("policy")?;
-    for (id, app, labels) in [
-        (PARENT_SESSION, AGENT, ["orchestrator"]),
-        (CHILD_SESSION, CHILD, ["analyst"]),
-    ] {
-        sqlx::query(
-            "INSERT INTO agent_sessions (id, zone_id, application_id, lifecycle, ttl_seconds, labels) \
-             VALUES ($1, $2, $3, 'task', 86400, $4)",
-        )
-        .bind(id)
-        .bind(ZONE)
-        .bind(app)
-        .bind(labels.map(str::to_owned).to_vec())
-        .execute(&mut *conn)
-        .await
-        .context("agent session")?;
-    }
-    sqlx::query(
-        "INSERT INTO delegation_edges (id, zone_id, source_session_id, target_session_id, issuer_application_id, \
-                                       receiver_application_id, scopes, constraints_json, expires_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, now() + interval '1 day')",
+    .await?;
+    p.resource(
+        ZONE,
+        "reports",
+        "resource://reports",
+        &["reports:read", "reports:write"],
+        upstream,
+        "p-none",
     )
-    .bind(EDGE)
-    .bind(ZONE)
-    .bind(PARENT_SESSION)
-    .bind(CHILD_SESSION)
-    .bind(AGENT)
-    .bind(CHILD)
-    .bind(vec!["reports:read".to_owned(), "reports:write".to_owned()])
-    .bind(serde_json::json!({"max_hops": 1}))
-    .execute(&mut *conn)
-    .await
-    .context("edge")?;
-    sqlx::query("INSERT INTO delegation_graph_epochs (zone_id, epoch) VALUES ($1, 1)")
-        .bind(ZONE)
-        .execute(&mut *conn)
+    .await?;
+    p.activate_policy(ZONE, "main", POLICY)
         .await
-        .context("graph epoch")?;
-    Ok(())
-}
-
-/// One policy, one version, one set with one version, active.
-async fn activate_policy(conn: &mut PgConnection) -> anyhow::Result<()> {
-    let (policy, version, set, set_version) =
-        ("bench-policy", "bench-pv", "bench-set", "bench-psv");
-    let mut tx = conn.begin().await?;
-    sqlx::query("INSERT INTO policies (id, zone_id, name) VALUES ($1, $2, 'main')")
-        .bind(policy)
-        .bind(ZONE)
-        .execute(&mut *tx)
+        .context("policy")?;
+    p.agent_session_with_ttl(ZONE, PARENT_SESSION, AGENT, &["orchestrator"], 86_400)
         .await?;
-    sqlx::query(
-        "INSERT INTO policy_versions (id, zone_id, policy_id, version, content, content_sha256, schema_version) \
-         VALUES ($1, $2, $3, 1, $4, $5, $6)",
-    )
-    .bind(version)
-    .bind(ZONE)
-    .bind(policy)
-    .bind(POLICY)
-    .bind(control_policy::content_sha256(POLICY))
-    .bind(control_policy::SCHEMA_VERSION)
-    .execute(&mut *tx)
-    .await?;
-    sqlx::query("INSERT INTO policy_sets (id, zone_id, name) VALUES ($1, $2, 'main')")
-        .bind(set)
-        .bind(ZONE)
-        .execute(&mut *tx)
+    p.agent_session_with_ttl(ZONE, CHILD_SESSION, CHILD, &["analyst"], 86_400)
         .await?;
-    sqlx::query(
-        "INSERT INTO policy_set_versions (id, zone_id, policy_set_id, version, manifest_json, manifest_sha256, schema_version) \
-         VALUES ($1, $2, $3, 1, $4, $5, $6)",
+    p.edge(
+        ZONE,
+        EDGE,
+        (PARENT_SESSION, AGENT),
+        (CHILD_SESSION, CHILD),
+        &["reports:read", "reports:write"],
+        serde_json::json!({"max_hops": 1}),
+        86_400,
+        None,
     )
-    .bind(set_version)
-    .bind(ZONE)
-    .bind(set)
-    .bind(serde_json::json!([{"policy_version_id": version}]))
-    .bind(control_policy::manifest_sha256(&[version]))
-    .bind(control_policy::SCHEMA_VERSION)
-    .execute(&mut *tx)
     .await?;
-    sqlx::query(
-        "INSERT INTO policy_set_bindings (zone_id, policy_set_id, active_version_id) VALUES ($1, $2, $3)",
-    )
-    .bind(ZONE)
-    .bind(set)
-    .bind(set_version)
-    .execute(&mut *tx)
-    .await?;
-    tx.commit().await?;
     Ok(())
 }

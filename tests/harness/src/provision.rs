@@ -25,7 +25,12 @@ pub struct Provision {
 impl Provision {
     /// Opens an admin connection (superuser: row-level security does not apply).
     pub async fn open(db: &TestDb) -> anyhow::Result<Self> {
-        let mut conn = db.admin().await?;
+        Self::from_connection(db.admin().await?).await
+    }
+
+    /// Provisions through any superuser connection to a migrated database (the benchmark
+    /// creates its own database).
+    pub async fn from_connection(mut conn: PgConnection) -> anyhow::Result<Self> {
         sqlx::raw_sql("SET search_path = caracal")
             .execute(&mut conn)
             .await?;
@@ -64,7 +69,7 @@ impl Provision {
         Ok(())
     }
 
-    /// A managed application with a client secret and optional traits.
+    /// A managed application with a client secret (cheaply hashed) and optional traits.
     pub async fn application(
         &mut self,
         zone: &str,
@@ -72,12 +77,24 @@ impl Provision {
         secret: &str,
         traits: &[&str],
     ) -> anyhow::Result<()> {
+        self.application_with_hash(zone, id, &cheap_secret_hash(secret)?, traits)
+            .await
+    }
+
+    /// A managed application whose secret hash (Argon2id PHC) the caller computed.
+    pub async fn application_with_hash(
+        &mut self,
+        zone: &str,
+        id: &str,
+        secret_hash: &str,
+        traits: &[&str],
+    ) -> anyhow::Result<()> {
         sqlx::query(
             "INSERT INTO applications (id, zone_id, name, client_secret_hash, traits) VALUES ($1, $2, $1, $3, $4)",
         )
         .bind(id)
         .bind(zone)
-        .bind(cheap_secret_hash(secret)?)
+        .bind(secret_hash)
         .bind(traits.iter().map(|t| (*t).to_owned()).collect::<Vec<_>>())
         .execute(&mut self.conn)
         .await
@@ -195,13 +212,27 @@ impl Provision {
         application: &str,
         labels: &[&str],
     ) -> anyhow::Result<()> {
+        self.agent_session_with_ttl(zone, id, application, labels, 3600)
+            .await
+    }
+
+    /// An active `task` agent session with labels and a TTL in seconds.
+    pub async fn agent_session_with_ttl(
+        &mut self,
+        zone: &str,
+        id: &str,
+        application: &str,
+        labels: &[&str],
+        ttl_seconds: i32,
+    ) -> anyhow::Result<()> {
         sqlx::query(
             "INSERT INTO agent_sessions (id, zone_id, application_id, lifecycle, ttl_seconds, labels) \
-             VALUES ($1, $2, $3, 'task', 3600, $4)",
+             VALUES ($1, $2, $3, 'task', $4, $5)",
         )
         .bind(id)
         .bind(zone)
         .bind(application)
+        .bind(ttl_seconds)
         .bind(labels.iter().map(|l| (*l).to_owned()).collect::<Vec<_>>())
         .execute(&mut self.conn)
         .await
