@@ -57,11 +57,7 @@ impl DerefMut for ZoneTx {
 
 /// Begins a transaction in which row-level security admits `zone`'s rows only.
 pub async fn zone_tx(pool: &PgPool, zone: &ZoneId) -> Result<ZoneTx, StoreError> {
-    let mut tx = pool.begin().await?;
-    sqlx::query("SELECT set_config('caracal.zone_id', $1, true)")
-        .bind(zone.as_str())
-        .execute(&mut *tx)
-        .await?;
+    let tx = begin_scoped(pool, None, zone.as_str()).await?;
     Ok(ZoneTx {
         tx,
         zone: zone.clone(),
@@ -71,14 +67,12 @@ pub async fn zone_tx(pool: &PgPool, zone: &ZoneId) -> Result<ZoneTx, StoreError>
 /// Begins a `REPEATABLE READ READ ONLY` transaction scoped to `zone`: one consistent
 /// snapshot for a group of reads (the STS's re-validation reads, authority §2.3).
 pub async fn zone_snapshot(pool: &PgPool, zone: &ZoneId) -> Result<ZoneTx, StoreError> {
-    let mut tx = pool.begin().await?;
-    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
-        .execute(&mut *tx)
-        .await?;
-    sqlx::query("SELECT set_config('caracal.zone_id', $1, true)")
-        .bind(zone.as_str())
-        .execute(&mut *tx)
-        .await?;
+    let tx = begin_scoped(
+        pool,
+        Some("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY"),
+        zone.as_str(),
+    )
+    .await?;
     Ok(ZoneTx {
         tx,
         zone: zone.clone(),
@@ -114,13 +108,24 @@ impl DerefMut for CrossZoneRead {
 
 /// Begins a `READ ONLY` transaction with `caracal.zone_id = '*'`.
 pub async fn cross_zone_read(pool: &PgPool) -> Result<CrossZoneRead, StoreError> {
-    let mut tx = pool.begin().await?;
-    sqlx::query("SET TRANSACTION READ ONLY")
-        .execute(&mut *tx)
-        .await?;
-    sqlx::query("SELECT set_config('caracal.zone_id', $1, true)")
-        .bind(CROSS_ZONE)
-        .execute(&mut *tx)
-        .await?;
+    let tx = begin_scoped(pool, Some("SET TRANSACTION READ ONLY"), CROSS_ZONE).await?;
     Ok(CrossZoneRead { tx })
+}
+
+/// Begins a transaction, applies its characteristics (which must come first), then sets
+/// `caracal.zone_id` transaction-locally to `zone` (a zone id or [`CROSS_ZONE`]).
+async fn begin_scoped(
+    pool: &PgPool,
+    characteristics: Option<&'static str>,
+    zone: &str,
+) -> Result<Transaction<'static, Postgres>, StoreError> {
+    let mut tx = pool.begin().await?;
+    if let Some(statement) = characteristics {
+        sqlx::query(statement).execute(&mut *tx).await?;
+    }
+    sqlx::query("SELECT set_config('caracal.zone_id', $1, true)")
+        .bind(zone)
+        .execute(&mut *tx)
+        .await?;
+    Ok(tx)
 }
