@@ -8,8 +8,8 @@ use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 use super::segment::{
-    OPEN_SUFFIX, QUARANTINE_DIR, SegmentHeader, create_private_file, is_open_segment_name,
-    parse_event_line, quarantine_line, sync_dir, try_lock_exclusive,
+    OPEN_SUFFIX, QUARANTINE_DIR, SegmentHeader, create_private_file, instance_dirs,
+    is_open_segment_name, parse_event_line, quarantine_line, sync_dir, try_lock_exclusive,
 };
 
 /// What one recovery pass did.
@@ -33,19 +33,7 @@ pub(crate) fn recover_open_segments(
     orphan_age: Duration,
 ) -> io::Result<RecoveryOutcome> {
     let mut outcome = RecoveryOutcome::default();
-    let subdirs = match fs::read_dir(root) {
-        Ok(entries) => entries,
-        Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(outcome),
-        Err(err) => return Err(err),
-    };
-    for subdir in subdirs {
-        let subdir = subdir?;
-        let name = subdir.file_name();
-        let name = name.to_string_lossy();
-        if name == QUARANTINE_DIR || name.starts_with('.') || !subdir.file_type()?.is_dir() {
-            continue;
-        }
-        let dir = subdir.path();
+    for (name, dir) in instance_dirs(root)? {
         let own = dir == own_dir;
         let mut touched = false;
         for entry in fs::read_dir(&dir)? {

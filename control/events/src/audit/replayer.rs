@@ -16,7 +16,7 @@ use super::event::SignedAuditEvent;
 use super::link::RedisLink;
 use super::recovery::recover_open_segments;
 use super::segment::{
-    MAX_LINE_BYTES, QUARANTINE_DIR, SegmentHeader, create_private_file, cursor_path,
+    MAX_LINE_BYTES, QUARANTINE_DIR, SegmentHeader, create_private_file, cursor_path, instance_dirs,
     is_sealed_segment_name, parse_event_line, quarantine_line, sync_dir, try_lock_exclusive,
 };
 use super::shared::Shared;
@@ -231,22 +231,11 @@ pub(crate) fn take_oldest_segment(root: &Path) -> io::Result<Option<ReplayJob>> 
 /// `quarantine/`), sorted by file name (creation time) then path.
 pub(crate) fn list_sealed_segments(root: &Path) -> io::Result<Vec<PathBuf>> {
     let mut found: Vec<(String, PathBuf)> = Vec::new();
-    let subdirs = match fs::read_dir(root) {
-        Ok(entries) => entries,
-        Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(err) => return Err(err),
-    };
-    for subdir in subdirs {
-        let subdir = subdir?;
-        let name = subdir.file_name();
-        let name = name.to_string_lossy();
-        if name == QUARANTINE_DIR || name.starts_with('.') || !subdir.file_type()?.is_dir() {
-            continue;
-        }
-        let entries = match fs::read_dir(subdir.path()) {
+    for (_name, dir) in instance_dirs(root)? {
+        let entries = match fs::read_dir(&dir) {
             Ok(entries) => entries,
             Err(err) => {
-                tracing::debug!(dir = %subdir.path().display(), error = %err, "skipping unreadable replay dir");
+                tracing::debug!(dir = %dir.display(), error = %err, "skipping unreadable replay dir");
                 continue;
             }
         };

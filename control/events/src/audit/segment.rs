@@ -24,6 +24,26 @@ pub(crate) const REPLAY_FORMAT_VERSION: u64 = 1;
 pub(crate) const MAX_LINE_BYTES: usize = 1 << 20;
 /// Name of the quarantine directory under the replay root.
 pub(crate) const QUARANTINE_DIR: &str = "quarantine";
+
+/// The per-instance directories under the replay root (`<service>-<instance>/`), with their
+/// names: every subdirectory except `quarantine/` and hidden ones. A missing root has none.
+pub(crate) fn instance_dirs(root: &Path) -> io::Result<Vec<(String, PathBuf)>> {
+    let entries = match fs::read_dir(root) {
+        Ok(entries) => entries,
+        Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(err) => return Err(err),
+    };
+    let mut dirs = Vec::new();
+    for entry in entries {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name == QUARANTINE_DIR || name.starts_with('.') || !entry.file_type()?.is_dir() {
+            continue;
+        }
+        dirs.push((name, entry.path()));
+    }
+    Ok(dirs)
+}
 /// Suffix of a segment still being written.
 pub(crate) const OPEN_SUFFIX: &str = ".open";
 /// Suffix of a sealed segment.
