@@ -167,10 +167,7 @@ pub(crate) async fn exchange(
     };
 
     // The approval binding of this exchange (§6.2), over the pinned bundle's provenance.
-    let principal = subject
-        .as_ref()
-        .map_or(application.id.as_str(), |s| s.sub.as_str())
-        .to_owned();
+    let principal = ctx.principal().to_owned();
     let provenance = bundle.provenance();
     let binding = binding_hash(&BindingParts {
         resources: &req.resources,
@@ -208,36 +205,22 @@ pub(crate) async fn exchange(
             "consumed" => match reissuable(sts, &zone, &row, now).await? {
                 Some(record) => persist = Persist::Reissue(Box::new(record)),
                 None => {
-                    ctx.audit_status(
-                        None,
-                        AuditDecision::Deny,
+                    return ctx.refuse_hold(
                         "approval_already_consumed",
-                        json!({"challenge_id": row.id}),
-                    )?;
-                    deny!(Denial::new(
-                        409,
-                        ErrorCode::ApprovalConsumed,
-                        "approval already consumed"
-                    ));
+                        &row.id,
+                        approval_consumed(),
+                    );
                 }
             },
             "rejected" => {
-                ctx.audit_status(
-                    None,
-                    AuditDecision::Deny,
-                    "approval_rejected",
-                    json!({"challenge_id": row.id}),
-                )?;
-                deny!(Denial::forbidden("approval was rejected"));
+                return ctx.refuse_hold("approval_rejected", &row.id, approval_rejected());
             }
             "expired" => {
-                ctx.audit_status(
-                    None,
-                    AuditDecision::Deny,
+                return ctx.refuse_hold(
                     "approval_expired",
-                    json!({"challenge_id": row.id}),
-                )?;
-                deny!(Denial::unauthorized("approval expired"));
+                    &row.id,
+                    Denial::unauthorized("approval expired"),
+                );
             }
             "approved" => persist = Persist::Approved(Box::new(row)),
             _ => return Ok(Answer::Hold(hold_denial_body(&row, request_id, now))),
@@ -417,13 +400,7 @@ pub(crate) async fn exchange(
         match row.state(now) {
             "approved" => persist = Persist::Approved(Box::new(row)),
             "rejected" => {
-                ctx.audit_status(
-                    None,
-                    AuditDecision::Deny,
-                    "approval_rejected",
-                    json!({"challenge_id": row.id}),
-                )?;
-                deny!(Denial::forbidden("approval was rejected"));
+                return ctx.refuse_hold("approval_rejected", &row.id, approval_rejected());
             }
             _ => {
                 if created {
@@ -575,7 +552,43 @@ struct Exchange<'a> {
     resolved: bool,
 }
 
+/// 409 `approval_consumed`: the approval was already spent.
+fn approval_consumed() -> Denial {
+    Denial::new(
+        409,
+        ErrorCode::ApprovalConsumed,
+        "approval already consumed",
+    )
+}
+
+/// 403 `access_denied`: the approver rejected the hold.
+fn approval_rejected() -> Denial {
+    Denial::forbidden("approval was rejected")
+}
+
 impl Exchange<'_> {
+    /// The approval principal (§3 step 9): the subject token's `sub`, else the caller.
+    fn principal(&self) -> &str {
+        self.subject
+            .map_or(self.application.id.as_str(), |s| s.sub.as_str())
+    }
+
+    /// Refuses because of a hold's state: one audit event naming the hold, then the answer.
+    fn refuse_hold(
+        &self,
+        status: &str,
+        challenge_id: &str,
+        denial: Denial,
+    ) -> Result<Answer, StsError> {
+        self.audit_status(
+            None,
+            AuditDecision::Deny,
+            status,
+            json!({ "challenge_id": challenge_id }),
+        )?;
+        Ok(Answer::Denied(denial))
+    }
+
     /// A control key (step 12.6): the application has `control:invoke`, every scope starts
     /// with `control:` and is listed as a `control:scope:<s>` trait, and `control:expires`
     /// has not passed.
@@ -877,11 +890,7 @@ async fn mint(
     if let Persist::Reissue(record) = &persist {
         ttl = ttl.min((record.expires_at - ctx.now).num_seconds());
         if ttl <= 0 {
-            deny!(Denial::new(
-                409,
-                ErrorCode::ApprovalConsumed,
-                "approval already consumed"
-            ));
+            deny!(approval_consumed());
         }
     }
     if ttl <= 0 {
@@ -986,26 +995,13 @@ async fn mint(
             tx.commit().await?;
         }
         Persist::Approved(hold) => {
-            let principal = ctx
-                .subject
-                .map_or(ctx.application.id.as_str(), |s| s.sub.as_str());
             let mut tx = zone_tx(&sts.pool, ctx.zone).await?;
             let consumed =
-                approvals::consume_and_record(&mut tx, &hold.id, principal, binding, &record)
+                approvals::consume_and_record(&mut tx, &hold.id, ctx.principal(), binding, &record)
                     .await?;
             tx.commit().await?;
             if !consumed {
-                ctx.audit_status(
-                    None,
-                    AuditDecision::Deny,
-                    "approval_already_consumed",
-                    json!({"challenge_id": hold.id}),
-                )?;
-                deny!(Denial::new(
-                    409,
-                    ErrorCode::ApprovalConsumed,
-                    "approval already consumed"
-                ));
+                return ctx.refuse_hold("approval_already_consumed", &hold.id, approval_consumed());
             }
             ctx.audit_approval("step_up_consumed", hold.as_ref(), binding)?;
         }
