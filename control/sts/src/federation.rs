@@ -205,31 +205,27 @@ async fn mint(
         json!({"issuer": verified.issuer, "session_id": sid, "sub_type": "user"}),
     )?;
 
+    // The zone key is resolved before the registry and the record, as in the exchange, so
+    // a key this replica cannot use leaves no orphan record behind.
+    let key = sts
+        .keys
+        .signer(audit.zone, verified.now, audit.request_id)
+        .await?;
+    key.ensure_usable()?;
+
     // Step 17: the JTI registry, before anything is persisted.
-    let jti = uuid::Uuid::now_v7().to_string();
-    let ttl_std = std::time::Duration::from_secs(u64::try_from(ttl).unwrap_or(1));
-    match sts
-        .redis
-        .register_jti(&jti, audit.request_id, ttl_std)
-        .await
+    let jti = match crate::exchange::register_jti(
+        sts,
+        audit.zone,
+        audit.request_id,
+        &audit.application.id,
+        ttl,
+    )
+    .await?
     {
-        Ok(true) => {}
-        Ok(false) => {
-            let event = AuditEvent::new(audit.zone.as_str(), "jti_collision")
-                .request_id(audit.request_id)
-                .decision(AuditDecision::Deny)
-                .metadata_json(json!({"jti": jti, "application_id": audit.application.id}))
-                .occurred_at(Utc::now());
-            sts.audit(event)?;
-            return Ok(Answer::Denied(Denial::internal("token issuance failed")));
-        }
-        Err(error) => {
-            tracing::warn!(%error, "jti registry unavailable");
-            return Ok(Answer::Denied(Denial::unavailable(
-                "token registry unavailable",
-            )));
-        }
-    }
+        Ok(jti) => jti,
+        Err(denial) => return Ok(Answer::Denied(denial)),
+    };
 
     // Step 18: one user authority record, its own root, minted by the caller.
     let iat = verified.now.timestamp();
@@ -284,11 +280,7 @@ async fn mint(
     }
     tx.commit().await?;
 
-    // Step 19: sign with the zone key (created on first use).
-    let key = sts
-        .keys
-        .signer(audit.zone, verified.now, audit.request_id)
-        .await?;
+    // Step 19: sign with the zone key resolved above.
     let body = serde_json::to_vec(&claims).map_err(|e| StsError::Internal(e.to_string()))?;
     let token = key.sign(&body)?;
 

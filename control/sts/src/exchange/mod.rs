@@ -552,6 +552,36 @@ struct Exchange<'a> {
     resolved: bool,
 }
 
+/// Step 17 (§3): a fresh UUIDv7 `jti` registered as `audit:jti:<jti>` for `ttl` seconds.
+/// A collision is audited (`jti_collision`) and answers 500; an unavailable registry 503.
+/// Shared by every mint path (the exchange and federation).
+pub(crate) async fn register_jti(
+    sts: &Sts,
+    zone: &ZoneId,
+    request_id: &str,
+    application_id: &str,
+    ttl: i64,
+) -> Result<Result<String, Denial>, StsError> {
+    let jti = uuid::Uuid::now_v7().to_string();
+    let ttl = std::time::Duration::from_secs(u64::try_from(ttl).unwrap_or(1));
+    match sts.redis.register_jti(&jti, request_id, ttl).await {
+        Ok(true) => Ok(Ok(jti)),
+        Ok(false) => {
+            let event = AuditEvent::new(zone.as_str(), "jti_collision")
+                .request_id(request_id)
+                .decision(AuditDecision::Deny)
+                .metadata_json(json!({"jti": jti, "application_id": application_id}))
+                .occurred_at(Utc::now());
+            sts.audit(event)?;
+            Ok(Err(Denial::internal("token issuance failed")))
+        }
+        Err(error) => {
+            tracing::warn!(%error, "jti registry unavailable");
+            Ok(Err(Denial::unavailable("token registry unavailable")))
+        }
+    }
+}
+
 /// 409 `approval_consumed`: the approval was already spent.
 fn approval_consumed() -> Denial {
     Denial::new(
@@ -910,24 +940,10 @@ async fn mint(
     key.ensure_usable()?;
 
     // Step 17: the JTI registry, before anything is persisted.
-    let jti = uuid::Uuid::now_v7().to_string();
-    let ttl_std = std::time::Duration::from_secs(u64::try_from(ttl).unwrap_or(1));
-    match sts.redis.register_jti(&jti, ctx.request_id, ttl_std).await {
-        Ok(true) => {}
-        Ok(false) => {
-            let event = AuditEvent::new(ctx.zone.as_str(), "jti_collision")
-                .request_id(ctx.request_id)
-                .decision(AuditDecision::Deny)
-                .metadata_json(json!({"jti": jti, "application_id": ctx.application.id}))
-                .occurred_at(Utc::now());
-            sts.audit(event)?;
-            deny!(Denial::internal("token issuance failed"));
-        }
-        Err(error) => {
-            tracing::warn!(%error, "jti registry unavailable");
-            deny!(Denial::unavailable("token registry unavailable"));
-        }
-    }
+    let jti = match register_jti(sts, ctx.zone, ctx.request_id, &ctx.application.id, ttl).await? {
+        Ok(jti) => jti,
+        Err(denial) => deny!(denial),
+    };
 
     // Step 18: the authority record.
     let (sid, root_sid) = match &persist {
