@@ -3,6 +3,7 @@
 //! This crate owns:
 //! - the names of every Redis stream, stream field, consumer group and
 //!   Redis key pattern ([`streams`], `storage-and-events.md` §6);
+//! - instance presence and policy propagation reports ([`presence`], §6.1);
 //! - fan-out consumers that every replica runs under its own group ([`fanout`], §6.2, §6.4);
 //! - the audit emitter shared by the STS and the gateway ([`audit`], §9):
 //!   the producer's event ([`audit::AuditEvent`], §8.1) and its `sig`,
@@ -26,4 +27,5 @@
 
 pub mod audit;
 pub mod fanout;
+pub mod presence;
 pub mod streams;

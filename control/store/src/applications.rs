@@ -31,14 +31,26 @@ impl ApplicationRow {
     }
 }
 
-/// Looks an application up by id. Ids are globally unique, so inside a cross-zone read this
-/// finds it whatever its zone; inside a zone transaction only within that zone.
-pub async fn find(
+/// An application read together with the reading transaction's `now()`, the trusted time to
+/// judge its expiry by, in one round trip.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ApplicationAsOf {
+    /// The row.
+    #[sqlx(flatten)]
+    pub row: ApplicationRow,
+    /// The transaction's `now()`.
+    pub now: DateTime<Utc>,
+}
+
+/// Looks an application up by id, with the transaction's `now()` beside the row. Ids are
+/// globally unique, so inside a cross-zone read this finds it whatever its zone; inside a zone
+/// transaction only within that zone.
+pub async fn find_as_of(
     conn: &mut PgConnection,
     id: &str,
-) -> Result<Option<ApplicationRow>, sqlx::Error> {
-    sqlx::query_as::<_, ApplicationRow>(
-        "SELECT id, zone_id, name, registration_method, client_secret_hash, traits, expires_at, archived_at \
+) -> Result<Option<ApplicationAsOf>, sqlx::Error> {
+    sqlx::query_as::<_, ApplicationAsOf>(
+        "SELECT id, zone_id, name, registration_method, client_secret_hash, traits, expires_at, archived_at, now() AS now \
            FROM applications WHERE id = $1",
     )
     .bind(id)

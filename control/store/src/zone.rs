@@ -1,11 +1,15 @@
 //! Zone-scoped and cross-zone transactions (§3.2): the only ways a service reaches
 //! row-level-secured data.
 //!
-//! [`zone_tx`] begins a transaction whose first statement is
-//! `set_config('caracal.zone_id', $1, true)`: transaction-local, so the setting ends with the
-//! transaction and cannot leak to the next user of a pooled connection, and bound as a
-//! parameter, so no zone id is ever spliced into SQL. Every query inside then sees only that
-//! zone's rows, and every write outside it fails the policy check.
+//! [`zone_tx`] begins a transaction and, in the same round trip, runs
+//! `set_config('caracal.zone_id', '<zone>', true)`: transaction-local, so the setting ends with
+//! the transaction and cannot leak to the next user of a pooled connection. Every query inside
+//! then sees only that zone's rows, and every write outside it fails the policy check.
+//!
+//! `BEGIN` and the setting travel as one simple-protocol message, which cannot carry bound
+//! parameters, so the zone is written as a literal. Only a validated [`ZoneId`]
+//! (`[A-Za-z0-9._:-]`, no quote or backslash can occur) or the [`CROSS_ZONE`] sentinel is ever
+//! written, and [`scope_literal`] re-checks the character set before it quotes (decision 0017).
 
 use std::ops::{Deref, DerefMut};
 
@@ -57,7 +61,7 @@ impl DerefMut for ZoneTx {
 
 /// Begins a transaction in which row-level security admits `zone`'s rows only.
 pub async fn zone_tx(pool: &PgPool, zone: &ZoneId) -> Result<ZoneTx, StoreError> {
-    let tx = begin_scoped(pool, None, zone.as_str()).await?;
+    let tx = begin_scoped(pool, "BEGIN", zone.as_str()).await?;
     Ok(ZoneTx {
         tx,
         zone: zone.clone(),
@@ -69,7 +73,7 @@ pub async fn zone_tx(pool: &PgPool, zone: &ZoneId) -> Result<ZoneTx, StoreError>
 pub async fn zone_snapshot(pool: &PgPool, zone: &ZoneId) -> Result<ZoneTx, StoreError> {
     let tx = begin_scoped(
         pool,
-        Some("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY"),
+        "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
         zone.as_str(),
     )
     .await?;
@@ -108,24 +112,49 @@ impl DerefMut for CrossZoneRead {
 
 /// Begins a `READ ONLY` transaction with `caracal.zone_id = '*'`.
 pub async fn cross_zone_read(pool: &PgPool) -> Result<CrossZoneRead, StoreError> {
-    let tx = begin_scoped(pool, Some("SET TRANSACTION READ ONLY"), CROSS_ZONE).await?;
+    let tx = begin_scoped(pool, "BEGIN READ ONLY", CROSS_ZONE).await?;
     Ok(CrossZoneRead { tx })
 }
 
-/// Begins a transaction, applies its characteristics (which must come first), then sets
-/// `caracal.zone_id` transaction-locally to `zone` (a zone id or [`CROSS_ZONE`]).
+/// Begins a transaction with `begin` (a `BEGIN` statement with its characteristics) and sets
+/// `caracal.zone_id` transaction-locally to `zone` (a zone id or [`CROSS_ZONE`]), both in one
+/// round trip.
 async fn begin_scoped(
     pool: &PgPool,
-    characteristics: Option<&'static str>,
+    begin: &'static str,
     zone: &str,
 ) -> Result<Transaction<'static, Postgres>, StoreError> {
-    let mut tx = pool.begin().await?;
-    if let Some(statement) = characteristics {
-        sqlx::query(statement).execute(&mut *tx).await?;
+    let literal = scope_literal(zone)?;
+    let statement = format!("{begin}; SELECT set_config('caracal.zone_id', {literal}, true)");
+    Ok(pool.begin_with(statement).await?)
+}
+
+/// `zone` as a quoted SQL string literal, or an error when it holds anything but the zone-id
+/// character set or is the cross-zone sentinel. The check makes the quoting trivially safe:
+/// no character that could end or escape the literal can pass it.
+fn scope_literal(zone: &str) -> Result<String, StoreError> {
+    if zone != CROSS_ZONE && ZoneId::parse(zone).is_err() {
+        return Err(StoreError::Database(sqlx::Error::Protocol(
+            "refusing to scope a transaction to a malformed zone id".to_owned(),
+        )));
     }
-    sqlx::query("SELECT set_config('caracal.zone_id', $1, true)")
-        .bind(zone)
-        .execute(&mut *tx)
-        .await?;
-    Ok(tx)
+    Ok(format!("'{zone}'"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scope_literal_quotes_ids_and_the_sentinel_and_refuses_anything_else() {
+        assert_eq!(
+            scope_literal("zone-a.1:x_y").ok().as_deref(),
+            Some("'zone-a.1:x_y'")
+        );
+        assert_eq!(scope_literal(CROSS_ZONE).ok().as_deref(), Some("'*'"));
+        for bad in ["", "a'b", "a\\b", "z'; DROP TABLE zones; --", "a b", "**"] {
+            assert!(scope_literal(bad).is_err(), "{bad:?} must be refused");
+        }
+        assert!(scope_literal(&"a".repeat(ZoneId::MAX_LEN + 1)).is_err());
+    }
 }

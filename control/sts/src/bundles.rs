@@ -9,6 +9,7 @@
 use std::{collections::HashMap, sync::Arc};
 
 use arc_swap::ArcSwap;
+use control_events::presence::{LoadState, PolicyStatus, StatusReporter};
 use control_model::ZoneId;
 use control_policy::{Bundle, BundleSource, PolicyConfig, PolicyDocument};
 use control_store::{
@@ -34,15 +35,18 @@ pub(crate) struct Bundles {
     config: PolicyConfig,
     deny_all: Arc<Bundle>,
     zones: ArcSwap<HashMap<String, Slot>>,
+    reporter: StatusReporter,
 }
 
 impl Bundles {
-    pub(crate) fn new(pool: PgPool, config: PolicyConfig) -> Self {
+    /// Every load attempt of a bound version is reported through `reporter` (authority §5.7).
+    pub(crate) fn new(pool: PgPool, config: PolicyConfig, reporter: StatusReporter) -> Self {
         Self {
             pool,
             config,
             deny_all: Arc::new(Bundle::deny_all()),
             zones: ArcSwap::from_pointee(HashMap::new()),
+            reporter,
         }
     }
 
@@ -128,10 +132,28 @@ impl Bundles {
         match self.build(conn, &binding).await {
             Ok(bundle) => {
                 tracing::info!(zone, version = %binding.policy_set_version_id, "policy bundle loaded");
+                self.reporter.report(
+                    zone,
+                    PolicyStatus::new(
+                        &binding.policy_set_version_id,
+                        &bundle.provenance().manifest_sha256,
+                        LoadState::Loaded,
+                        None,
+                    ),
+                );
                 Slot::Ready(Arc::new(bundle))
             }
             Err(error) => {
                 tracing::warn!(zone, version = %binding.policy_set_version_id, %error, "policy bundle rejected");
+                self.reporter.report(
+                    zone,
+                    PolicyStatus::new(
+                        &binding.policy_set_version_id,
+                        "",
+                        LoadState::Failed,
+                        Some(error.clone()),
+                    ),
+                );
                 match self.zones.load().get(zone) {
                     Some(Slot::Ready(previous)) if !Arc::ptr_eq(previous, &self.deny_all) => {
                         Slot::Ready(previous.clone())

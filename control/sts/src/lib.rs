@@ -128,7 +128,15 @@ pub async fn start_with_listener(
         u64::try_from(config.policy_eval_timeout.as_millis()).unwrap_or(20),
     )
     .map_err(|e| ConfigError(e.to_string()))?;
-    let bundles = Arc::new(bundles::Bundles::new(pool.clone(), policy_config));
+    let presence_client = redis::Client::open(config.redis_url.as_str())
+        .map_err(|e| StsStartError::Redis(e.to_string()))?;
+    let (reporter, presence_task) = control_events::presence::spawn(
+        presence_client,
+        "sts",
+        &config.instance_id,
+        shutdown_rx.clone(),
+    );
+    let bundles = Arc::new(bundles::Bundles::new(pool.clone(), policy_config, reporter));
     let argon2_params = control_crypto::Argon2Params::from_lookup(lookup)
         .map_err(|e| ConfigError(e.to_string()))?;
     let cpus = std::thread::available_parallelism().map_or(2, std::num::NonZero::get);
@@ -207,7 +215,7 @@ pub async fn start_with_listener(
     ));
     let poll = tokio::spawn(bundles.poll(config.policy_poll, shutdown_rx));
     tracing::info!(%addr, "sts listening");
-    tasks.extend([serve, poll, sweep, audit_task]);
+    tasks.extend([serve, poll, sweep, audit_task, presence_task]);
     Ok(StsHandle {
         addr,
         shutdown,

@@ -1,14 +1,11 @@
 //! The HTTP surface: accept loop, connection limits, routing, and the per-request frame
 //! (request id, body limits, one rendering of every outcome).
 
-use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Duration};
+use std::{net::SocketAddr, sync::Arc};
 
-use bytes::Bytes;
-use control_model::{Denial, ErrorCode, RequestId, ZoneId};
+use control_model::{Denial, ErrorCode, ZoneId};
 use http::{Method, Request, Response, header};
-use http_body_util::{BodyExt, Limited};
-use hyper::{body::Incoming, service::service_fn};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper::body::Incoming;
 use tokio::{net::TcpListener, sync::watch};
 
 use crate::{
@@ -24,66 +21,22 @@ use crate::{
 const MAX_TOKEN_BODY: usize = 64 * 1024;
 
 /// Serves until `shutdown` turns true, then drains open connections for up to 10 s.
-pub(crate) async fn serve(
-    state: Arc<Sts>,
-    listener: TcpListener,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    let permits = Arc::new(tokio::sync::Semaphore::new(state.config.max_connections));
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    loop {
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
-            _ = shutdown.changed() => break,
-        };
-        let (stream, _peer) = match accepted {
-            Ok(pair) => pair,
-            Err(error) => {
-                tracing::warn!(%error, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        // Over the connection cap the connection is closed at once (shed, not queued).
-        let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
-            continue;
-        };
+pub(crate) async fn serve(state: Arc<Sts>, listener: TcpListener, shutdown: watch::Receiver<bool>) {
+    let config = control_http::ServeConfig {
+        max_connections: state.config.max_connections,
+        ..control_http::ServeConfig::default()
+    };
+    control_http::serve(listener, config, shutdown, move |req| {
         let state = Arc::clone(&state);
-        let service = service_fn(move |req| {
-            let state = Arc::clone(&state);
-            async move { Ok::<_, Infallible>(handle(&state, req).await) }
-        });
-        let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-        builder
-            .http1()
-            .timer(hyper_util::rt::TokioTimer::new())
-            .header_read_timeout(Duration::from_secs(5))
-            .max_buf_size(64 * 1024);
-        let connection = builder
-            .serve_connection(TokioIo::new(stream), service)
-            .into_owned();
-        let watched = graceful.watch(connection);
-        tokio::spawn(async move {
-            let _permit = permit;
-            let _served = watched.await;
-        });
-    }
-    if tokio::time::timeout(Duration::from_secs(10), graceful.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::warn!("connections still open after 10 s; closing");
-    }
+        async move { handle(&state, req).await }
+    })
+    .await;
 }
 
 /// One request: request id, route, render, log.
 async fn handle(state: &Sts, req: Request<Incoming>) -> Response<Body> {
     Metrics::count(&state.metrics.requests);
-    let request_id = req
-        .headers()
-        .get(respond::REQUEST_ID)
-        .and_then(|v| RequestId::from_inbound(v.as_bytes()))
-        .unwrap_or_else(|| RequestId::generated(uuid::Uuid::now_v7().to_string()));
+    let request_id = control_http::request_id(&req);
     let response = match route(state, req, request_id.as_str()).await {
         Ok(response) => response,
         Err(err) => {
@@ -179,14 +132,6 @@ async fn token(
         ErrorCode::PayloadTooLarge,
         "request body exceeds 64 KiB",
     );
-    let declared = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok());
-    if declared.is_some_and(|len| len > MAX_TOKEN_BODY) {
-        return Ok(deny(state, &too_large, request_id));
-    }
     // Gateway-signed re-exchanges are not offered (settled point 8): fail closed.
     if req
         .headers()
@@ -199,11 +144,8 @@ async fn token(
             request_id,
         ));
     }
-    let body: Bytes = match Limited::new(req.into_body(), MAX_TOKEN_BODY)
-        .collect()
-        .await
-    {
-        Ok(collected) => collected.to_bytes(),
+    let body = match control_http::read_body(req, MAX_TOKEN_BODY).await {
+        Ok(body) => body,
         Err(_too_large_or_broken) => return Ok(deny(state, &too_large, request_id)),
     };
     let parsed = match form::parse(&body) {
@@ -275,7 +217,6 @@ async fn jwks(
 
 /// The address a listener actually bound (port 0 in tests).
 pub(crate) fn local_addr(listener: &TcpListener) -> Result<SocketAddr, StsError> {
-    listener
-        .local_addr()
+    control_http::local_addr(listener)
         .map_err(|e| StsError::Internal(format!("listener address: {e}")))
 }

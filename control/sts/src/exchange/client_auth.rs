@@ -56,9 +56,12 @@ pub(crate) async fn authenticate(sts: &Sts, req: &TokenRequest) -> Result<Client
     }
     let secret = req.client_secret.clone().unwrap_or_default();
     let mut read = cross_zone_read(&sts.pool).await?;
-    let row = applications::find(&mut read, application_id).await?;
-    let now = control_store::delegation::now(&mut read).await?;
+    let read_row = applications::find_as_of(&mut read, application_id).await?;
     read.finish().await?;
+    let (row, now) = match read_row {
+        Some(read) => (Some(read.row), Some(read.now)),
+        None => (None, None),
+    };
 
     let verified = match &row {
         Some(app) if !secret.is_empty() => verify_secret(sts, app, &secret).await?,
@@ -67,7 +70,10 @@ pub(crate) async fn authenticate(sts: &Sts, req: &TokenRequest) -> Result<Client
             false
         }
     };
-    let usable = row.as_ref().is_some_and(|app| app.is_usable(now));
+    let usable = match (&row, now) {
+        (Some(app), Some(now)) => app.is_usable(now),
+        _ => false,
+    };
     let (Some(application), true, true) = (row, verified, usable) else {
         if let Err(error) = sts.redis.record_auth_failure(application_id).await {
             tracing::warn!(%error, "could not record an authentication failure");

@@ -1348,3 +1348,72 @@ async fn a_burst_of_first_mints_in_a_new_zone_all_succeed_with_one_key() -> anyh
     sts.stop().await;
     Ok(())
 }
+
+/// Authority §5.7: each replica heartbeats into `caracal:instances:sts` and reports every load
+/// attempt of a bound policy-set version into `caracal:policy:status:<zone>`, `loaded` with
+/// the manifest hash, `failed` with the reason; a stopped replica leaves the live set.
+#[tokio::test]
+async fn replicas_report_presence_and_each_policy_load_attempt() -> anyhow::Result<()> {
+    use control_events::presence::{LoadState, live_instances, policy_statuses};
+    tests_harness::init_logs();
+    let db = TestDb::migrated().await?;
+    scenario(&db).await?;
+    // Zone `other` gets an active version whose document does not compile.
+    let mut p = Provision::open(&db).await?;
+    p.activate_policy(
+        "other",
+        "broken",
+        "package caracal.authz\nthis is not rego {",
+    )
+    .await?;
+    let sts = StsFixture::start(&db).await?;
+    let field = format!("sts/sts-test-{}", sts.addr.port());
+    let instance = format!("sts-test-{}", sts.addr.port());
+    let (version, manifest): (String, String) = sqlx::query_as(
+        "SELECT v.id, v.manifest_sha256 FROM caracal.policy_set_bindings b \
+         JOIN caracal.policy_set_versions v ON v.id = b.active_version_id WHERE b.zone_id = $1",
+    )
+    .bind(ZONE)
+    .fetch_one(&mut db.admin().await?)
+    .await?;
+    let client = redis::Client::open(tests_harness::sts::redis_url())?;
+    let mut conn = client.get_multiplexed_async_connection().await?;
+    let mut loaded = None;
+    let mut failed = None;
+    for _ in 0..100 {
+        loaded = policy_statuses(&mut conn, ZONE).await?.remove(&field);
+        failed = policy_statuses(&mut conn, "other").await?.remove(&field);
+        if loaded.is_some() && failed.is_some() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let loaded = loaded.expect("a loaded report for acme");
+    assert_eq!(loaded.state, LoadState::Loaded);
+    assert_eq!(loaded.policy_set_version_id, version);
+    assert_eq!(loaded.manifest_sha256, manifest);
+    assert!(loaded.error.is_none());
+    let failed = failed.expect("a failed report for other");
+    assert_eq!(failed.state, LoadState::Failed);
+    assert_eq!(failed.policy_set_version_id, "other-broken-psv");
+    assert!(
+        failed.error.as_deref().is_some_and(|e| !e.is_empty()),
+        "{failed:?}"
+    );
+    let live = live_instances(&mut conn, "sts", chrono::Utc::now()).await?;
+    assert!(live.contains(&instance), "{live:?}");
+    sts.stop().await;
+    let live = live_instances(&mut conn, "sts", chrono::Utc::now()).await?;
+    assert!(
+        !live.contains(&instance),
+        "a stopped replica leaves: {live:?}"
+    );
+    for zone in [ZONE, "other"] {
+        let _: i64 = redis::cmd("HDEL")
+            .arg(control_events::streams::policy_status_key(zone))
+            .arg(&field)
+            .query_async(&mut conn)
+            .await?;
+    }
+    Ok(())
+}
