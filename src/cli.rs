@@ -35,6 +35,12 @@ enum Command {
     /// Reads DATABASE_URL (as caracal_sts), REDIS_URL, ZONE_KEK, ISSUER_URL,
     /// AUDIT_HMAC_KEY, CARACAL_STS_ADDR and the settings in docs/operations/sts.md.
     Sts,
+    /// Run the admin API (default port 3000).
+    ///
+    /// Reads DATABASE_URL (as caracal_api), REDIS_URL, ZONE_KEK, AUDIT_HMAC_KEY,
+    /// CARACAL_ADMIN_TOKEN (or CARACAL_ADMIN_TOKEN_FILE), CARACAL_API_ADDR and the settings
+    /// in docs/operations/api.md.
+    Api,
     /// Generate or check keys.
     Keys {
         #[command(subcommand)]
@@ -61,7 +67,7 @@ impl Cli {
     /// `info` for long-running roles, `warn` for operator commands.
     pub(crate) fn default_log_filter(&self) -> &'static str {
         match self.command {
-            Command::Sts => "info",
+            Command::Sts | Command::Api => "info",
             Command::Migrate { .. } | Command::Keys { .. } => "warn",
         }
     }
@@ -79,6 +85,7 @@ pub(crate) async fn run(cli: Cli) -> ExitCode {
             .await
         }
         Command::Sts => run_sts().await,
+        Command::Api => run_api().await,
         Command::Keys { command } => match command {
             KeysCommand::Generate => keys::generate(&mut stdout),
             KeysCommand::Check => keys::check(&process_env, &mut stdout),
@@ -93,6 +100,16 @@ async fn run_sts() -> Result<ExitStatus, OpsError> {
     let config = control_sts::StsConfig::from_lookup(&process_env)
         .map_err(|e| OpsError::Config(e.to_string()))?;
     control_sts::run(config, &process_env, shutdown_signal())
+        .await
+        .map_err(|e| OpsError::Unreachable(e.to_string()))?;
+    Ok(ExitStatus::Success)
+}
+
+/// Starts the admin API and serves until SIGINT or SIGTERM.
+async fn run_api() -> Result<ExitStatus, OpsError> {
+    let config = control_api::ApiConfig::from_lookup(&process_env)
+        .map_err(|e| OpsError::Config(e.to_string()))?;
+    control_api::run(config, &process_env, shutdown_signal())
         .await
         .map_err(|e| OpsError::Unreachable(e.to_string()))?;
     Ok(ExitStatus::Success)

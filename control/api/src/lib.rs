@@ -1,1 +1,144 @@
-//! Caracal role `api` (port 3000): the `/v1` admin API and the outbox dispatcher.
+//! Caracal role `api` (port 3000): the `/v1` admin API of Caracal 1.0.
+//!
+//! Requests pass through one frame (`server`): the request id, authentication
+//! (`auth`: the bootstrap token or a minted token, with the per-address failure limit), the
+//! 1 MiB body limit, the capability and zone checks, then the route table. Each area
+//! handler (`areas`) reads its input strictly (`request`), works inside one transaction
+//! scoped to the zone in the path as the `caracal_api` role, records the admin audit row in
+//! that same transaction (`audit`, chained per zone), and returns a reply. Every refusal is
+//! a [`error::Problem`] value; every failure is mapped to its answer in one place
+//! ([`error::rescue`]).
+//!
+//! It must never return or log a secret: application secrets and admin tokens are shown
+//! once, at creation, and stored as Argon2id hashes (tokens also by SHA-256 for lookup).
+
+pub mod areas;
+pub mod audit;
+pub mod auth;
+pub mod config;
+pub mod error;
+pub mod metrics;
+pub mod ops;
+pub mod request;
+pub mod server;
+pub mod state;
+
+use std::{net::SocketAddr, sync::Arc};
+
+use control_store::{ServiceRole, pool::connect_service_pool};
+use tokio::{sync::watch, task::JoinHandle};
+
+pub use config::{ApiConfig, ConfigError, Lookup};
+
+/// The API failed to start; `Display` is one line naming the cause.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiStartError {
+    /// A setting is missing or malformed.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// Postgres cannot be reached.
+    #[error(transparent)]
+    Database(#[from] control_store::StoreError),
+    /// Redis settings are invalid.
+    #[error("REDIS_URL: {0}")]
+    Redis(String),
+    /// The listen address cannot be bound.
+    #[error("cannot listen on {addr}: {cause}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The I/O error.
+        cause: std::io::Error,
+    },
+}
+
+/// A running API.
+#[derive(Debug)]
+pub struct ApiHandle {
+    /// The bound address.
+    pub addr: SocketAddr,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl ApiHandle {
+    /// Stops accepting and drains connections.
+    pub async fn stop(self) {
+        let _sent = self.shutdown.send(true);
+        for task in self.tasks {
+            let _joined = task.await;
+        }
+    }
+}
+
+/// Starts the API on `config.bind`.
+pub async fn start(config: ApiConfig, lookup: Lookup<'_>) -> Result<ApiHandle, ApiStartError> {
+    let listener = tokio::net::TcpListener::bind(config.bind)
+        .await
+        .map_err(|cause| ApiStartError::Bind {
+            addr: config.bind,
+            cause,
+        })?;
+    start_with_listener(config, lookup, listener).await
+}
+
+/// Starts the API on an already bound listener.
+pub async fn start_with_listener(
+    config: ApiConfig,
+    lookup: Lookup<'_>,
+    listener: tokio::net::TcpListener,
+) -> Result<ApiHandle, ApiStartError> {
+    let pool = connect_service_pool(ServiceRole::Api, &config.instance_id, lookup).await?;
+    let redis = redis::Client::open(config.redis_url.as_str())
+        .map_err(|e| ApiStartError::Redis(e.to_string()))?;
+    let argon2 = control_crypto::Argon2Params::from_lookup(lookup)
+        .map_err(|e| ConfigError(e.to_string()))?;
+    let addr = control_http::local_addr(&listener).map_err(|cause| ApiStartError::Bind {
+        addr: config.bind,
+        cause,
+    })?;
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let serve_config = control_http::ServeConfig {
+        max_connections: config.max_connections,
+        ..control_http::ServeConfig::default()
+    };
+    let api = Arc::new(state::Api {
+        pool,
+        config,
+        argon2,
+        verified_tokens: moka::future::Cache::builder()
+            .max_capacity(10_000)
+            .time_to_live(auth::VERIFIED_TTL)
+            .build(),
+        auth_failures: moka::future::Cache::builder()
+            .max_capacity(100_000)
+            .time_to_live(auth::FAILURE_WINDOW)
+            .build(),
+        metrics: metrics::Metrics::default(),
+        redis,
+    });
+    let serve = tokio::spawn(control_http::serve(
+        listener,
+        serve_config,
+        shutdown_rx,
+        move |req| server::handle(Arc::clone(&api), req),
+    ));
+    tracing::info!(%addr, "api listening");
+    Ok(ApiHandle {
+        addr,
+        shutdown,
+        tasks: vec![serve],
+    })
+}
+
+/// Runs the API until `shutdown` resolves.
+pub async fn run(
+    config: ApiConfig,
+    lookup: Lookup<'_>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ApiStartError> {
+    let handle = start(config, lookup).await?;
+    shutdown.await;
+    handle.stop().await;
+    Ok(())
+}

@@ -11,6 +11,8 @@
 //! - HMAC-SHA256 keys and tags ([`HmacKey`], [`hmac_sha256`],
 //!   [`verify_hmac_sha256`]) and the `_sig` of Redis stream messages
 //!   ([`sign_stream_fields`], [`verify_stream_fields`]) (§6.3);
+//! - the audit hash chain: content hashes over RFC 8785 bytes and chain HMACs
+//!   ([`content_sha256`], [`chain_hmac`], [`HmacKey::chain_key_id`]) (§8.3);
 //! - Argon2id hashing of application secrets and admin tokens
 //!   ([`hash_secret`], [`verify_secret`], [`dummy_verify`]) (§10.5);
 //! - constant-time comparison ([`ct_eq`]) and fresh keys from the OS CSPRNG
@@ -25,6 +27,7 @@
 //! Start reading at [`KekRing`] (`kek.rs`, then `seal.rs`), then `stream_sig.rs`.
 //! Test vectors live in `vectors/` and are checked by the tests.
 
+mod chain;
 mod compare;
 mod jwt;
 mod kek;
@@ -35,6 +38,10 @@ mod random;
 mod seal;
 mod stream_sig;
 
+pub use chain::{
+    ADMIN_AUDIT_CONTENT_DOMAIN, AUDIT_CONTENT_DOMAIN, CHAIN_DOMAIN, CanonicalError, chain_hmac,
+    content_sha256,
+};
 pub use compare::ct_eq;
 pub use jwt::{JwtError, JwtHeader, MAX_TOKEN_BYTES, PublicKey, UnverifiedJwt, ZoneSigningKey};
 pub use kek::{

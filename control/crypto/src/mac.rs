@@ -52,6 +52,7 @@ pub enum HmacKeyParseError {
 #[derive(Clone)]
 pub struct HmacKey {
     mac: HmacSha256,
+    key_id: String,
 }
 
 impl HmacKey {
@@ -90,7 +91,18 @@ impl HmacKey {
         // HMAC accepts keys of any length, so this never fails in practice.
         let mac = <HmacSha256 as Mac>::new_from_slice(bytes)
             .map_err(|_invalid_length| HmacKeyParseError::TooFewBytes { found: bytes.len() })?;
-        Ok(Self { mac })
+        let mut id = <sha2::Sha256 as sha2::Digest>::new();
+        sha2::Digest::update(&mut id, b"caracal.audit-hmac.v1\n");
+        sha2::Digest::update(&mut id, bytes);
+        let digest = sha2::Digest::finalize(id);
+        let key_id = hex::encode(digest.get(..8).unwrap_or_default());
+        Ok(Self { mac, key_id })
+    }
+
+    /// The key's public id (storage §8.3 `chain_key_id`): the first 16 hex characters of
+    /// `SHA-256("caracal.audit-hmac.v1" LF key)`. It names the key without revealing it.
+    pub fn chain_key_id(&self) -> &str {
+        &self.key_id
     }
 
     /// Loads the key named `var` from the process environment; see

@@ -9,7 +9,11 @@
 //!   the producer's event ([`audit::AuditEvent`], §8.1) and its `sig`,
 //!   audit slots reserved at admission, the batching writer with its Redis
 //!   circuit, fsynced NDJSON replay segments, their crash recovery and
-//!   quarantine, and the continuous replayer.
+//!   quarantine, and the continuous replayer;
+//! - the transactional-outbox dispatcher shared by every producing role
+//!   ([`outbox`], §7): claim with a lease, encode and sign, one `XADD`
+//!   pipeline, per-row record with backoff, `dead` rows after repeated
+//!   permanent failures, and the stats behind `/metrics` and `/ready`.
 //!
 //! It must never:
 //! - make a caller await Redis, or fail a caller's emission once a slot is
@@ -21,11 +25,16 @@
 //! - count an event accepted before Redis acknowledged it or its segment
 //!   write was fdatasynced;
 //! - trim the audit stream (no `MAXLEN`) or re-serialise a signed event;
-//! - use an unbounded queue, panic, or log key material.
+//! - use an unbounded queue, panic, or log key material;
+//! - give up an outbox row for a transient Redis failure (only permanent
+//!   ones count towards `OUTBOX_MAX_ATTEMPTS`), or publish a row before
+//!   the transaction that enqueued it committed.
 //!
-//! Start reading at [`audit::AuditEmitter`].
+//! Start reading at [`audit::AuditEmitter`], and at
+//! [`outbox::Dispatcher::dispatch_once`] for the outbox.
 
 pub mod audit;
 pub mod fanout;
+pub mod outbox;
 pub mod presence;
 pub mod streams;

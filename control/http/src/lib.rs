@@ -24,6 +24,10 @@ pub mod respond;
 
 pub use respond::Body;
 
+/// The remote address of the connection a request arrived on (a request extension).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Peer(pub SocketAddr);
+
 /// Accept-loop settings.
 #[derive(Debug, Clone, Copy)]
 pub struct ServeConfig {
@@ -63,7 +67,7 @@ pub async fn serve<H, Fut>(
             accepted = listener.accept() => accepted,
             _ = shutdown.changed() => break,
         };
-        let (stream, _peer) = match accepted {
+        let (stream, peer) = match accepted {
             Ok(pair) => pair,
             Err(error) => {
                 tracing::warn!(%error, "accept failed");
@@ -76,7 +80,8 @@ pub async fn serve<H, Fut>(
             continue;
         };
         let handler = handler.clone();
-        let service = service_fn(move |req| {
+        let service = service_fn(move |mut req: Request<Incoming>| {
+            req.extensions_mut().insert(Peer(peer));
             let handler = handler.clone();
             async move { Ok::<_, Infallible>(handler(req).await) }
         });

@@ -25,6 +25,7 @@
 //!
 //! Start reading at [`migrate::migrate`] for the runner and [`zone::zone_tx`] for services.
 
+pub mod admin;
 pub mod applications;
 pub mod approvals;
 pub mod authority_records;

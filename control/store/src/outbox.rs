@@ -60,7 +60,7 @@ pub async fn enqueue_key_change(
         conn,
         &OutboxMessage {
             id: &id,
-            producer: "sts",
+            producer: PRODUCER_STS,
             zone_id: Some(zone_id),
             topic: KEYS_INVALIDATE,
             dedupe_key: Some(&dedupe),
@@ -71,5 +71,356 @@ pub async fn enqueue_key_change(
     .await
 }
 
+/// The producer name of the STS's rows in `event_outbox`.
+pub const PRODUCER_STS: &str = "sts";
+/// The producer name of the admin API's rows (`event_outbox`, and upstream's `caracal_outbox`).
+pub const PRODUCER_API: &str = "api";
+/// The producer name of the Coordinator's rows in `caracal_outbox`.
+pub const PRODUCER_COORDINATOR: &str = "coordinator";
+
 /// The stream of signing-key changes (the same name as `control_events::streams`).
 pub const KEYS_INVALIDATE: &str = "caracal.keys.invalidate";
+
+// ---------------------------------------------------------------------------
+// The dispatcher's side (storage §7.3, §11)
+// ---------------------------------------------------------------------------
+
+/// Which outbox a dispatcher works on. Each table has its own static statements: the table
+/// name is never spliced from input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum OutboxTable {
+    /// `event_outbox` (producers `api`, `sts`).
+    Event,
+    /// `caracal_outbox` (producer `coordinator`; upstream's `api` is kept by its CHECK).
+    Caracal,
+}
+
+impl OutboxTable {
+    /// The table name, for logs and metrics labels.
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Event => "event_outbox",
+            Self::Caracal => "caracal_outbox",
+        }
+    }
+
+    fn sql(self) -> &'static Statements {
+        match self {
+            Self::Event => &EVENT_OUTBOX,
+            Self::Caracal => &CARACAL_OUTBOX,
+        }
+    }
+}
+
+/// The statements of one table, built from string literals at compile time.
+struct Statements {
+    claim: &'static str,
+    published: &'static str,
+    retry: &'static str,
+    dead: &'static str,
+    stats: &'static str,
+    purge: &'static str,
+    retry_dead: &'static str,
+}
+
+macro_rules! outbox_statements {
+    ($table:literal) => {
+        Statements {
+            // §7.3: one autocommit statement; the lease makes a crashed worker's rows
+            // claimable again once it expires.
+            claim: concat!(
+                "UPDATE caracal.", $table, " o \
+                    SET locked_until = now() + make_interval(secs => $1), locked_by = $2, \
+                        attempts = o.attempts + 1, updated_at = now() \
+                  WHERE o.id IN (SELECT id FROM caracal.", $table, " \
+                                  WHERE status = 'pending' AND producer = $3 AND available_at <= now() \
+                                    AND (locked_until IS NULL OR locked_until < now()) \
+                                  ORDER BY available_at, id \
+                                  LIMIT $4 FOR UPDATE SKIP LOCKED) \
+              RETURNING o.id, o.topic, o.dedupe_key, o.payload_json, o.attempts, o.created_at"
+            ),
+            published: concat!(
+                "UPDATE caracal.", $table, " \
+                    SET status = 'published', published_at = now(), updated_at = now(), \
+                        locked_until = NULL, last_error = NULL \
+                  WHERE id = ANY($1) AND status = 'pending'"
+            ),
+            retry: concat!(
+                "UPDATE caracal.", $table, " o \
+                    SET available_at = now() + make_interval(secs => f.backoff), \
+                        last_error = f.error, locked_until = NULL, updated_at = now() \
+                   FROM unnest($1::text[], $2::float8[], $3::text[]) AS f(id, backoff, error) \
+                  WHERE o.id = f.id AND o.status = 'pending'"
+            ),
+            dead: concat!(
+                "UPDATE caracal.", $table, " o \
+                    SET status = 'dead', last_error = f.error, locked_until = NULL, updated_at = now() \
+                   FROM unnest($1::text[], $2::text[]) AS f(id, error) \
+                  WHERE o.id = f.id AND o.status = 'pending'"
+            ),
+            // Three index-backed aggregates (partial indexes on pending rows, the retention
+            // index for dead rows), never a scan of the published history.
+            stats: concat!(
+                "SELECT (SELECT count(*) FROM caracal.", $table, " \
+                          WHERE status = 'pending' AND ($1::text IS NULL OR producer = $1)) AS pending, \
+                        (SELECT count(*) FROM caracal.", $table, " \
+                          WHERE status = 'dead' AND ($1::text IS NULL OR producer = $1)) AS dead, \
+                        (SELECT EXTRACT(EPOCH FROM now() - min(created_at))::float8 \
+                           FROM caracal.", $table, " \
+                          WHERE status = 'pending' AND ($1::text IS NULL OR producer = $1)) AS oldest"
+            ),
+            purge: concat!(
+                "DELETE FROM caracal.", $table, " \
+                  WHERE id IN (SELECT id FROM caracal.", $table, " \
+                                WHERE status = 'published' AND updated_at < $1 \
+                                  AND ($2::text IS NULL OR producer = $2) \
+                                LIMIT $3 FOR UPDATE SKIP LOCKED)"
+            ),
+            retry_dead: concat!(
+                "UPDATE caracal.", $table, " \
+                    SET status = 'pending', attempts = 0, available_at = now(), \
+                        locked_until = NULL, locked_by = NULL, updated_at = now() \
+                  WHERE status = 'dead' AND ($1::text IS NULL OR producer = $1) \
+                    AND ($2::text IS NULL OR topic = $2)"
+            ),
+        }
+    };
+}
+
+const EVENT_OUTBOX: Statements = outbox_statements!("event_outbox");
+const CARACAL_OUTBOX: Statements = outbox_statements!("caracal_outbox");
+
+/// The longest `last_error` kept, in characters.
+pub const MAX_LAST_ERROR_CHARS: usize = 1000;
+
+/// A row leased by [`claim`].
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ClaimedRow {
+    /// The outbox id (published as `outbox_id`).
+    pub id: String,
+    /// The stream name.
+    pub topic: String,
+    /// Published as `dedupe_key` when set.
+    pub dedupe_key: Option<String>,
+    /// The flat object of stream fields (audit rows: `{"event": {…}}`).
+    pub payload_json: serde_json::Value,
+    /// Claims so far, this one included.
+    pub attempts: i32,
+    /// When the producer enqueued it (publish latency).
+    pub created_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// How [`claim`] leases rows.
+#[derive(Debug, Clone, Copy)]
+pub struct ClaimRequest<'a> {
+    /// Only this producer's rows (`api`, `sts`, `coordinator`).
+    pub producer: &'a str,
+    /// Written to `locked_by`, e.g. `sts-sts-0`.
+    pub worker: &'a str,
+    /// The lease (`OUTBOX_LOCK_SEC`).
+    pub lock: std::time::Duration,
+    /// At most this many rows (`OUTBOX_BATCH_SIZE`).
+    pub batch: i64,
+}
+
+/// Leases up to `batch` due rows of `producer` (storage §7.3): one autocommit `UPDATE … FOR
+/// UPDATE SKIP LOCKED … RETURNING`, which increments `attempts`. Run it outside any
+/// transaction, so the lease is visible to other dispatchers at once.
+pub async fn claim(
+    conn: &mut PgConnection,
+    table: OutboxTable,
+    request: &ClaimRequest<'_>,
+) -> Result<Vec<ClaimedRow>, sqlx::Error> {
+    sqlx::query_as::<_, ClaimedRow>(table.sql().claim)
+        .bind(request.lock.as_secs_f64())
+        .bind(request.worker)
+        .bind(request.producer)
+        .bind(request.batch)
+        .fetch_all(conn)
+        .await
+}
+
+/// Marks rows published (`published_at = now()`, lease and `last_error` cleared); rows no
+/// longer pending are left alone. Returns how many changed.
+pub async fn mark_published(
+    conn: &mut PgConnection,
+    table: OutboxTable,
+    ids: &[String],
+) -> Result<u64, sqlx::Error> {
+    if ids.is_empty() {
+        return Ok(0);
+    }
+    let done = sqlx::query(table.sql().published)
+        .bind(ids)
+        .execute(conn)
+        .await?;
+    Ok(done.rows_affected())
+}
+
+/// A failed publication to schedule again.
+#[derive(Debug, Clone)]
+pub struct RetryMark {
+    /// The outbox id.
+    pub id: String,
+    /// Delay before the row is due again.
+    pub backoff: std::time::Duration,
+    /// Why it failed (truncated to [`MAX_LAST_ERROR_CHARS`]).
+    pub error: String,
+}
+
+/// Schedules rows again: `available_at = now() + backoff`, `last_error`, lease released.
+/// Returns how many changed.
+pub async fn mark_retry(
+    conn: &mut PgConnection,
+    table: OutboxTable,
+    marks: &[RetryMark],
+) -> Result<u64, sqlx::Error> {
+    if marks.is_empty() {
+        return Ok(0);
+    }
+    let ids: Vec<&str> = marks.iter().map(|m| m.id.as_str()).collect();
+    let backoffs: Vec<f64> = marks.iter().map(|m| m.backoff.as_secs_f64()).collect();
+    let errors: Vec<String> = marks.iter().map(|m| truncate_error(&m.error)).collect();
+    let done = sqlx::query(table.sql().retry)
+        .bind(&ids)
+        .bind(&backoffs)
+        .bind(&errors)
+        .execute(conn)
+        .await?;
+    Ok(done.rows_affected())
+}
+
+/// Gives rows up: `status = 'dead'` with their `last_error` (truncated), lease released.
+/// `marks` pairs an id with its error. Returns how many changed.
+pub async fn mark_dead(
+    conn: &mut PgConnection,
+    table: OutboxTable,
+    marks: &[(String, String)],
+) -> Result<u64, sqlx::Error> {
+    if marks.is_empty() {
+        return Ok(0);
+    }
+    let ids: Vec<&str> = marks.iter().map(|(id, _)| id.as_str()).collect();
+    let errors: Vec<String> = marks.iter().map(|(_, e)| truncate_error(e)).collect();
+    let done = sqlx::query(table.sql().dead)
+        .bind(&ids)
+        .bind(&errors)
+        .execute(conn)
+        .await?;
+    Ok(done.rows_affected())
+}
+
+/// Counts for metrics and readiness (storage §7.3 step 6).
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct OutboxStats {
+    /// Rows waiting to be published.
+    pub pending: i64,
+    /// Rows given up (`dead`).
+    pub dead: i64,
+    /// Age of the oldest pending row, in seconds; `None` with nothing pending.
+    pub oldest_pending_age_secs: Option<f64>,
+}
+
+/// Pending and dead counts and the oldest pending age, of one producer or (`None`) all.
+pub async fn stats(
+    conn: &mut PgConnection,
+    table: OutboxTable,
+    producer: Option<&str>,
+) -> Result<OutboxStats, sqlx::Error> {
+    let (pending, dead, oldest): (i64, i64, Option<f64>) = sqlx::query_as(table.sql().stats)
+        .bind(producer)
+        .fetch_one(conn)
+        .await?;
+    Ok(OutboxStats {
+        pending,
+        dead,
+        oldest_pending_age_secs: oldest,
+    })
+}
+
+/// Retention (storage §11): deletes at most `limit` `published` rows last updated before
+/// `cutoff`, of one producer or (`None`) all. Pending and dead rows are never touched.
+/// Returns how many were deleted; call again while it returns `limit`.
+///
+/// Needs DELETE on the table: `caracal_api` and `caracal_coordinator` have it,
+/// `caracal_sts` does not (storage §2.3).
+pub async fn purge(
+    conn: &mut PgConnection,
+    table: OutboxTable,
+    cutoff: chrono::DateTime<chrono::Utc>,
+    producer: Option<&str>,
+    limit: i64,
+) -> Result<u64, sqlx::Error> {
+    let done = sqlx::query(table.sql().purge)
+        .bind(cutoff)
+        .bind(producer)
+        .bind(limit)
+        .execute(conn)
+        .await?;
+    Ok(done.rows_affected())
+}
+
+/// `caracal outbox retry --dead [--topic]`: dead rows become pending again, due now, with
+/// `attempts` reset (their `last_error` is kept). Optionally only one producer's rows, or one
+/// topic's. Returns how many were re-queued.
+pub async fn retry_dead(
+    conn: &mut PgConnection,
+    table: OutboxTable,
+    producer: Option<&str>,
+    topic: Option<&str>,
+) -> Result<u64, sqlx::Error> {
+    let done = sqlx::query(table.sql().retry_dead)
+        .bind(producer)
+        .bind(topic)
+        .execute(conn)
+        .await?;
+    Ok(done.rows_affected())
+}
+
+/// At most [`MAX_LAST_ERROR_CHARS`] characters, on a character boundary.
+fn truncate_error(error: &str) -> String {
+    match error.char_indices().nth(MAX_LAST_ERROR_CHARS) {
+        Some((end, _)) => error[..end].to_owned(),
+        None => error.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_table_has_its_own_static_statements() {
+        for (table, other) in [
+            (OutboxTable::Event, "caracal_outbox"),
+            (OutboxTable::Caracal, "event_outbox"),
+        ] {
+            let sql = table.sql();
+            for statement in [
+                sql.claim,
+                sql.published,
+                sql.retry,
+                sql.dead,
+                sql.stats,
+                sql.purge,
+                sql.retry_dead,
+            ] {
+                assert!(
+                    statement.contains(&format!("caracal.{} ", table.name())),
+                    "{statement}"
+                );
+                assert!(!statement.contains(other), "{statement}");
+            }
+            assert!(sql.claim.contains("FOR UPDATE SKIP LOCKED"));
+        }
+    }
+
+    #[test]
+    fn errors_are_truncated_on_a_character_boundary() {
+        let long = "é".repeat(MAX_LAST_ERROR_CHARS + 10);
+        let cut = truncate_error(&long);
+        assert_eq!(cut.chars().count(), MAX_LAST_ERROR_CHARS);
+        assert_eq!(truncate_error("short"), "short");
+    }
+}

@@ -91,7 +91,7 @@ pub struct CrossZoneRead {
 }
 
 impl CrossZoneRead {
-    /// Ends the read.
+    /// Ends the read (commits: a [`global_tx`] keeps its writes).
     pub async fn finish(self) -> Result<(), StoreError> {
         self.tx.commit().await.map_err(StoreError::from)
     }
@@ -113,6 +113,15 @@ impl DerefMut for CrossZoneRead {
 /// Begins a `READ ONLY` transaction with `caracal.zone_id = '*'`.
 pub async fn cross_zone_read(pool: &PgPool) -> Result<CrossZoneRead, StoreError> {
     let tx = begin_scoped(pool, "BEGIN READ ONLY", CROSS_ZONE).await?;
+    Ok(CrossZoneRead { tx })
+}
+
+/// A read-write transaction with `caracal.zone_id = '*'`: the admin API's global rows
+/// (global admin tokens, the global admin audit chain) are writable in it, and no zone's
+/// rows are (their policy needs the zone id). Tables without row-level security (`zones`)
+/// behave as anywhere else.
+pub async fn global_tx(pool: &PgPool) -> Result<CrossZoneRead, StoreError> {
+    let tx = begin_scoped(pool, "BEGIN", CROSS_ZONE).await?;
     Ok(CrossZoneRead { tx })
 }
 

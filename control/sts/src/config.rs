@@ -54,6 +54,8 @@ pub struct StsConfig {
     pub sweep_interval: Duration,
     /// Maximum concurrent connections (`CARACAL_STS_MAX_CONNECTIONS`, default 4096).
     pub max_connections: usize,
+    /// The outbox dispatcher (`OUTBOX_*`, `STREAMS_MAXLEN`; storage §7.3).
+    pub outbox: control_events::outbox::OutboxConfig,
 }
 
 impl std::fmt::Debug for StsConfig {
@@ -174,6 +176,8 @@ impl StsConfig {
                 1_000_000,
             )?)
             .unwrap_or(4096),
+            outbox: control_events::outbox::OutboxConfig::from_lookup(lookup)
+                .map_err(|e| ConfigError(e.to_string()))?,
         })
     }
 }

@@ -8,6 +8,7 @@ use std::{sync::Arc, time::Duration};
 
 use chrono::{DateTime, Utc};
 use control_crypto::{KekRing, PublicKey, SealContext, ZoneSigningKey};
+use control_events::outbox::OutboxHandle;
 use control_model::ZoneId;
 use control_store::{
     outbox,
@@ -74,14 +75,17 @@ pub(crate) struct ZoneKeys {
     kek: KekRing,
     grace: Duration,
     cache: moka::future::Cache<String, Arc<Vec<LoadedKey>>>,
+    /// Woken after a key creation commits, so `caracal.keys.invalidate` goes out at once.
+    outbox: OutboxHandle,
 }
 
 impl ZoneKeys {
-    pub(crate) fn new(pool: PgPool, kek: KekRing, grace: Duration) -> Self {
+    pub(crate) fn new(pool: PgPool, kek: KekRing, grace: Duration, outbox: OutboxHandle) -> Self {
         Self {
             pool,
             kek,
             grace,
+            outbox,
             cache: moka::future::Cache::builder()
                 .max_capacity(10_000)
                 .time_to_live(Duration::from_secs(30))
@@ -243,6 +247,8 @@ impl ZoneKeys {
         outbox::enqueue_key_change(&mut tx, zone.as_str(), &kid, "created", Some(request_id))
             .await?;
         tx.commit().await?;
+        // Publication follows the commit (storage §7.2); the poll is only the fallback.
+        self.outbox.wake();
         tracing::info!(zone = %zone, kid = %kid, "created the zone signing key");
         Ok(())
     }

@@ -137,11 +137,36 @@ pub async fn start_with_listener(
         shutdown_rx.clone(),
     );
     let bundles = Arc::new(bundles::Bundles::new(pool.clone(), policy_config, reporter));
+    // The outbox dispatcher of producer `sts` (storage §7.3): key changes and the binding
+    // revisions their writes trigger. Built before the state, so the key store can wake it
+    // after each commit; spawned with the other tasks below.
+    let dispatcher = control_events::outbox::Dispatcher::new(
+        pool.clone(),
+        redis::Client::open(config.redis_url.as_str())
+            .map_err(|e| StsStartError::Redis(e.to_string()))?,
+        control_events::outbox::OutboxTarget {
+            table: control_store::outbox::OutboxTable::Event,
+            producer: control_store::outbox::PRODUCER_STS.to_owned(),
+            worker: control_events::streams::consumer_name("sts", &config.instance_id),
+        },
+        config.outbox.clone(),
+        control_events::outbox::OutboxKeys {
+            streams: config.streams_hmac_keys.first().cloned(),
+            audit: config.audit_hmac_key.clone(),
+        },
+    );
+    let outbox = dispatcher.handle();
     let argon2_params = control_crypto::Argon2Params::from_lookup(lookup)
         .map_err(|e| ConfigError(e.to_string()))?;
     let cpus = std::thread::available_parallelism().map_or(2, std::num::NonZero::get);
     let state = Arc::new(state::Sts {
-        keys: keys::ZoneKeys::new(pool.clone(), config.kek.clone(), config.key_grace),
+        keys: keys::ZoneKeys::new(
+            pool.clone(),
+            config.kek.clone(),
+            config.key_grace,
+            outbox.clone(),
+        ),
+        outbox,
         bundles: Arc::clone(&bundles),
         redis,
         audit,
@@ -213,9 +238,10 @@ pub async fn start_with_listener(
         config.sweep_interval,
         shutdown_rx.clone(),
     ));
+    let outbox_task = dispatcher.spawn(shutdown_rx.clone());
     let poll = tokio::spawn(bundles.poll(config.policy_poll, shutdown_rx));
     tracing::info!(%addr, "sts listening");
-    tasks.extend([serve, poll, sweep, audit_task, presence_task]);
+    tasks.extend([serve, poll, sweep, outbox_task, audit_task, presence_task]);
     Ok(StsHandle {
         addr,
         shutdown,

@@ -1,6 +1,9 @@
-//! Counters for `/metrics` (Prometheus text) and `/metrics.json`.
+//! Counters for `/metrics` (Prometheus text) and `/metrics.json`, with the outbox
+//! dispatcher's counters and gauges (storage §7.3 step 6).
 
 use std::sync::atomic::{AtomicU64, Ordering};
+
+use control_events::outbox::OutboxSnapshot;
 
 /// Request and outcome counters.
 #[derive(Debug, Default)]
@@ -16,49 +19,107 @@ impl Metrics {
         counter.fetch_add(1, Ordering::Relaxed);
     }
 
-    fn values(&self) -> [(&'static str, &'static str, u64); 4] {
+    fn values(&self, outbox: &OutboxSnapshot) -> [(&'static str, &'static str, Kind, u64); 11] {
+        let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
         [
             (
                 "caracal_sts_requests_total",
                 "HTTP requests received",
-                self.requests.load(Ordering::Relaxed),
+                Kind::Counter,
+                load(&self.requests),
             ),
             (
                 "caracal_sts_tokens_issued_total",
                 "mandates issued",
-                self.tokens_issued.load(Ordering::Relaxed),
+                Kind::Counter,
+                load(&self.tokens_issued),
             ),
             (
                 "caracal_sts_denials_total",
                 "exchanges answered with a catalog denial",
-                self.denials.load(Ordering::Relaxed),
+                Kind::Counter,
+                load(&self.denials),
             ),
             (
                 "caracal_sts_errors_total",
                 "requests that failed with an internal cause",
-                self.errors.load(Ordering::Relaxed),
+                Kind::Counter,
+                load(&self.errors),
+            ),
+            (
+                "caracal_sts_outbox_pending",
+                "event_outbox rows of producer sts waiting to be published",
+                Kind::Gauge,
+                outbox.pending,
+            ),
+            (
+                "caracal_sts_outbox_dead",
+                "event_outbox rows of producer sts given up after permanent failures",
+                Kind::Gauge,
+                outbox.dead_total,
+            ),
+            (
+                "caracal_sts_outbox_oldest_pending_age_seconds",
+                "age of the oldest pending event_outbox row of producer sts",
+                Kind::Gauge,
+                outbox.oldest_pending_age_secs,
+            ),
+            (
+                "caracal_sts_outbox_published_total",
+                "outbox rows this process published",
+                Kind::Counter,
+                outbox.published,
+            ),
+            (
+                "caracal_sts_outbox_retries_total",
+                "outbox publications that failed and were scheduled again",
+                Kind::Counter,
+                outbox.retries,
+            ),
+            (
+                "caracal_sts_outbox_dead_total",
+                "outbox rows this process marked dead",
+                Kind::Counter,
+                outbox.dead,
+            ),
+            (
+                "caracal_sts_outbox_publish_latency_ms",
+                "enqueue-to-publish time of the slowest row of the latest published batch",
+                Kind::Gauge,
+                outbox.last_publish_latency_ms,
             ),
         ]
     }
 
     /// The Prometheus text exposition.
-    pub(crate) fn prometheus(&self) -> String {
+    pub(crate) fn prometheus(&self, outbox: &OutboxSnapshot) -> String {
         let mut out = String::new();
-        for (name, help, value) in self.values() {
+        for (name, help, kind, value) in self.values(outbox) {
+            let kind = match kind {
+                Kind::Counter => "counter",
+                Kind::Gauge => "gauge",
+            };
             out.push_str(&format!(
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}\n"
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"
             ));
         }
         out
     }
 
-    /// The same counters as JSON.
-    pub(crate) fn json(&self) -> serde_json::Value {
+    /// The same values as JSON.
+    pub(crate) fn json(&self, outbox: &OutboxSnapshot) -> serde_json::Value {
         let map: serde_json::Map<String, serde_json::Value> = self
-            .values()
+            .values(outbox)
             .iter()
-            .map(|(name, _, value)| ((*name).to_owned(), (*value).into()))
+            .map(|(name, _, _, value)| ((*name).to_owned(), (*value).into()))
             .collect();
         serde_json::Value::Object(map)
     }
+}
+
+/// Prometheus metric type.
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    Counter,
+    Gauge,
 }

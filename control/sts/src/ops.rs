@@ -9,8 +9,8 @@ use crate::{
     state::Sts,
 };
 
-/// 200 `{"ok":true,"ready":true}` when Postgres and Redis answer and audit evidence can be
-/// kept; otherwise 503 with the first failing reason.
+/// 200 `{"ok":true,"ready":true}` when Postgres and Redis answer, audit evidence can be
+/// kept and the outbox is within its thresholds; otherwise 503 with the first failing reason.
 pub(crate) async fn ready(state: &Sts) -> http::Response<Body> {
     let postgres = tokio::time::timeout(
         std::time::Duration::from_secs(2),
@@ -31,7 +31,8 @@ pub(crate) async fn ready(state: &Sts) -> http::Response<Body> {
         } else if !health.replay_writable {
             Some("audit_replay_unavailable")
         } else {
-            None
+            // `outbox_dead` / `outbox_stalled`, when their thresholds are set (storage §7.3).
+            state.outbox.ready_reason()
         }
     };
     match reason {
@@ -63,10 +64,10 @@ pub(crate) fn metrics(state: &Sts, req: &Request<Incoming>, as_json: bool) -> ht
         );
     }
     if as_json {
-        respond::json(200, &state.metrics.json())
+        respond::json(200, &state.metrics.json(&state.outbox.stats().snapshot()))
     } else {
         let mut response = http::Response::new(http_body_util::Full::new(bytes::Bytes::from(
-            state.metrics.prometheus(),
+            state.metrics.prometheus(&state.outbox.stats().snapshot()),
         )));
         response.headers_mut().insert(
             header::CONTENT_TYPE,

@@ -31,6 +31,9 @@ pub(crate) struct Sts {
     pub(crate) kek_ok: std::sync::atomic::AtomicBool,
     /// Subject issuers' key sets (federation).
     pub(crate) federation: Federation,
+    /// The outbox dispatcher of producer `sts`: woken after commits that enqueue rows; its
+    /// stats feed `/metrics` and `/ready`.
+    pub(crate) outbox: control_events::outbox::OutboxHandle,
 }
 
 impl Sts {

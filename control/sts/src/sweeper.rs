@@ -71,6 +71,8 @@ pub(crate) async fn sweep(state: &Sts) -> Result<(), StsError> {
         }
         tx.commit().await?;
         if !activated.is_empty() || !retired.is_empty() {
+            // The retirements and the binding revisions the key writes triggered.
+            state.outbox.wake();
             state.keys.invalidate(zone.as_str()).await;
             tracing::info!(zone = %zone, activated = activated.len(), retired = retired.len(), "signing keys swept");
         }

@@ -6,6 +6,7 @@
 //! role, and drops the database when it goes out of scope. Tests never touch any other
 //! database. Later issues add the role servers on `127.0.0.1:0` and echo upstreams here.
 
+pub mod api;
 pub mod http;
 pub mod oidc;
 pub mod provision;
@@ -174,5 +175,45 @@ impl Drop for TestDb {
         if !matches!(joined, Ok(Ok(()))) {
             eprintln!("warning: could not drop test database {}", self.name);
         }
+    }
+}
+
+/// Captures every log line emitted on this thread (all levels) until the guard drops.
+/// `#[tokio::test]` runs tasks on the test's thread, so spawned server tasks are captured
+/// too. Tests search the text for secrets.
+pub fn capture_logs() -> (tracing::subscriber::DefaultGuard, LogBuffer) {
+    let buffer = LogBuffer::default();
+    let writer = buffer.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    (tracing::subscriber::set_default(subscriber), buffer)
+}
+
+/// The text captured by [`capture_logs`].
+#[derive(Clone, Default)]
+pub struct LogBuffer(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl LogBuffer {
+    /// Everything captured so far.
+    pub fn text(&self) -> String {
+        self.0
+            .lock()
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default()
+    }
+}
+
+impl std::io::Write for LogBuffer {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if let Ok(mut b) = self.0.lock() {
+            b.extend_from_slice(buf);
+        }
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }

@@ -9,10 +9,12 @@
     reason = "test helpers outside #[test] functions fail loudly, like the tests themselves"
 )]
 
+mod api;
 mod fixtures;
 mod grants;
 mod integrity;
 mod migrate;
+mod outbox;
 mod partitions;
 mod pools;
 mod rls;

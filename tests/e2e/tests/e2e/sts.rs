@@ -9,8 +9,8 @@ use tests_harness::{
     sts::{GRANT, StsFixture, jwt_claims},
 };
 
-const ZONE: &str = "acme";
-const AGENT: &str = "agent-app";
+pub(super) const ZONE: &str = "acme";
+pub(super) const AGENT: &str = "agent-app";
 const CHILD: &str = "child-app";
 const SECRET: &str = "s3cret-value";
 
@@ -29,7 +29,7 @@ approval_tiers := [{"tier": "high", "approver": "operator"}]
 
 /// Zone `acme`: two applications, three resources, the policy above, and an edge from
 /// agent-app's session to child-app's session (labels `analyst`).
-async fn scenario(db: &TestDb) -> anyhow::Result<()> {
+pub(super) async fn scenario(db: &TestDb) -> anyhow::Result<()> {
     let mut p = Provision::open(db).await?;
     p.zone(ZONE).await?;
     p.zone("other").await?;
@@ -102,7 +102,7 @@ async fn scenario(db: &TestDb) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn bootstrap_form<'a>(app: &'a str, resource: &'a str) -> Vec<(&'a str, &'a str)> {
+pub(super) fn bootstrap_form<'a>(app: &'a str, resource: &'a str) -> Vec<(&'a str, &'a str)> {
     vec![
         ("grant_type", GRANT),
         ("zone_id", ZONE),

@@ -1,0 +1,188 @@
+//! `/v1/admin-tokens`: minted admin tokens (`cat_` + 43 base64url characters), shown once,
+//! stored as SHA-256 plus Argon2id. Only a global write token (or the bootstrap token)
+//! manages them; a zone token is created in its zone's scope and chain.
+
+use chrono::{DateTime, Utc};
+use control_store::{
+    admin::admin_tokens::{self, NewAdminToken},
+    zone::global_tx,
+};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+use super::{Reply, check_len, hash_secret, open_zone, random_credential, to_value};
+use crate::{
+    audit::{self, Action},
+    auth::{Capability, TOKEN_PREFIX},
+    error::{ApiError, Problem},
+    request::{AdminRequest, page_body},
+    state::Api,
+};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateToken {
+    name: String,
+    capability: String,
+    zone_id: Option<String>,
+    expires_at: Option<DateTime<Utc>>,
+}
+
+/// `GET /admin-tokens?zone_id=`: global tokens, or one zone's.
+pub async fn list(api: &Api, req: &AdminRequest) -> Result<Reply, ApiError> {
+    req.only_query(&["zone_id"])?;
+    let page = req.page()?;
+    let rows = match req.query("zone_id") {
+        Some(zone) => {
+            let (mut tx, _) = open_zone(api, zone).await?;
+            let rows = admin_tokens::list(&mut tx, &page).await?;
+            tx.commit().await?;
+            rows
+        }
+        None => {
+            let mut tx = global_tx(&api.pool).await?;
+            let rows = admin_tokens::list(&mut tx, &page).await?;
+            tx.finish().await?;
+            rows
+        }
+    };
+    Ok(Reply::Json(
+        200,
+        page_body(&rows, |row| to_value(row).unwrap_or_default()),
+    ))
+}
+
+/// `POST /admin-tokens {name, capability, zone_id?, expires_at?}` → the row and `token`.
+pub async fn create(api: &Api, req: &AdminRequest) -> Result<Reply, ApiError> {
+    let body: CreateToken = req.json()?;
+    check_len("name", &body.name, 1, 256)?;
+    if Capability::parse(&body.capability).is_none() {
+        return Err(Problem::invalid_body("capability", "must be read, write or approve").into());
+    }
+    if body.expires_at.is_some_and(|e| e <= Utc::now()) {
+        return Err(Problem::invalid_body("expires_at", "must be in the future").into());
+    }
+    let token = random_credential(TOKEN_PREFIX)?;
+    let sha: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+    let hash = hash_secret(api, &token).await?;
+    let id = uuid::Uuid::now_v7().to_string();
+    let zone_id = body.zone_id.clone();
+    let new = NewAdminToken {
+        id: &id,
+        zone_id: zone_id.as_deref(),
+        name: &body.name,
+        token_sha256: &sha,
+        token_hash: &hash,
+        capability: &body.capability,
+        expires_at: body.expires_at,
+        created_by: &req.principal.id,
+    };
+    let payload = json!({"name": body.name, "capability": body.capability, "zone_id": body.zone_id, "expires_at": body.expires_at});
+    let row = match body.zone_id.as_deref() {
+        Some(zone) => {
+            let (mut tx, zone_id) = open_zone(api, zone).await?;
+            let row = admin_tokens::insert(
+                &mut tx,
+                &NewAdminToken {
+                    zone_id: Some(zone_id.as_str()),
+                    ..new.clone()
+                },
+            )
+            .await?;
+            audit::record(
+                api,
+                &mut tx,
+                req,
+                Action {
+                    zone: Some(zone_id.as_str()),
+                    entity_type: "admin_token",
+                    entity_id: Some(&id),
+                    status: 201,
+                    payload,
+                },
+            )
+            .await?;
+            tx.commit().await?;
+            row
+        }
+        None => {
+            let mut tx = global_tx(&api.pool).await?;
+            let row = admin_tokens::insert(&mut tx, &new).await?;
+            audit::record(
+                api,
+                &mut tx,
+                req,
+                Action {
+                    zone: None,
+                    entity_type: "admin_token",
+                    entity_id: Some(&id),
+                    status: 201,
+                    payload,
+                },
+            )
+            .await?;
+            tx.finish().await?;
+            row
+        }
+    };
+    let mut value = to_value(&row)?;
+    if let Some(map) = value.as_object_mut() {
+        map.insert("token".to_owned(), Value::String(token.to_string()));
+    }
+    Ok(Reply::Json(201, value))
+}
+
+/// `DELETE /admin-tokens/{id}?zone_id=`: revokes it at once.
+pub async fn revoke(api: &Api, req: &AdminRequest, id: &str) -> Result<Reply, ApiError> {
+    req.only_query(&["zone_id"])?;
+    let revoked = match req.query("zone_id") {
+        Some(zone) => {
+            let (mut tx, zone_id) = open_zone(api, zone).await?;
+            let done = admin_tokens::revoke(&mut tx, id, &req.principal.id).await?;
+            if done {
+                audit::record(
+                    api,
+                    &mut tx,
+                    req,
+                    Action {
+                        zone: Some(zone_id.as_str()),
+                        entity_type: "admin_token",
+                        entity_id: Some(id),
+                        status: 204,
+                        payload: json!({}),
+                    },
+                )
+                .await?;
+            }
+            tx.commit().await?;
+            done
+        }
+        None => {
+            let mut tx = global_tx(&api.pool).await?;
+            let done = admin_tokens::revoke(&mut tx, id, &req.principal.id).await?;
+            if done {
+                audit::record(
+                    api,
+                    &mut tx,
+                    req,
+                    Action {
+                        zone: None,
+                        entity_type: "admin_token",
+                        entity_id: Some(id),
+                        status: 204,
+                        payload: json!({}),
+                    },
+                )
+                .await?;
+            }
+            tx.finish().await?;
+            done
+        }
+    };
+    if revoked {
+        Ok(Reply::NoContent)
+    } else {
+        Err(Problem::not_found("admin_token").into())
+    }
+}

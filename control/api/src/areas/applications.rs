@@ -1,0 +1,363 @@
+//! `/v1/zones/{z}/applications`: the STS's OAuth clients. Secrets are generated (`cs_` + 43
+//! base64url characters) or, on PATCH, chosen by the caller; only their Argon2id hash is
+//! stored, so a secret is shown once and never again. A new hash takes effect at once: the
+//! STS's verification cache is keyed by the stored hash.
+
+use control_store::admin::{
+    applications::{self, ApplicationPatch, NewApplication},
+    zones,
+};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::{
+    Reply, check_len, hash_secret, is_unique_violation, open_zone, random_credential, to_value,
+};
+use crate::{
+    audit::{self, Action},
+    error::{ApiError, Problem},
+    request::{AdminRequest, page_body},
+    state::Api,
+};
+
+/// Traits per application, and their length.
+const MAX_TRAITS: usize = 32;
+const MAX_TRAIT_LEN: usize = 128;
+/// A caller-chosen secret: 16 to 512 printable ASCII characters.
+const MIN_SECRET: usize = 16;
+const MAX_SECRET: usize = 512;
+/// DCR application lifetime bounds, seconds.
+const DCR_DEFAULT_TTL: i64 = 86_400;
+const DCR_MAX_TTL: i64 = 30 * 86_400;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateApplication {
+    name: String,
+    registration_method: Option<String>,
+    traits: Option<Vec<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PatchApplication {
+    name: Option<String>,
+    client_secret: Option<String>,
+    traits: Option<Vec<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateDcr {
+    name: String,
+    expires_in: Option<i64>,
+}
+
+fn check_traits(traits: &[String]) -> Result<(), Problem> {
+    if traits.len() > MAX_TRAITS {
+        return Err(Problem::invalid_body(
+            "traits",
+            format!("at most {MAX_TRAITS} traits"),
+        ));
+    }
+    for t in traits {
+        if t.is_empty() || t.len() > MAX_TRAIT_LEN || !t.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(Problem::invalid_body(
+                "traits",
+                format!("each trait is 1 to {MAX_TRAIT_LEN} printable ASCII characters"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn name_taken() -> Problem {
+    Problem::new(
+        409,
+        "application_name_taken",
+        "a live application in this zone has this name",
+    )
+}
+
+/// The row with the one-time secret added.
+fn with_secret(row: &applications::AdminApplicationRow, secret: &str) -> Result<Value, ApiError> {
+    let mut value = to_value(row)?;
+    if let Some(map) = value.as_object_mut() {
+        map.insert("client_secret".to_owned(), Value::String(secret.to_owned()));
+    }
+    Ok(value)
+}
+
+/// `GET …/applications?status=active|archived`.
+pub async fn list(api: &Api, req: &AdminRequest, zone: &str) -> Result<Reply, ApiError> {
+    req.only_query(&["status"])?;
+    let archived = match req.query("status") {
+        None | Some("active") => false,
+        Some("archived") => true,
+        Some(_) => {
+            return Err(
+                Problem::new(400, "invalid_query", "status must be active or archived").into(),
+            );
+        }
+    };
+    let page = req.page()?;
+    let (mut tx, _) = open_zone(api, zone).await?;
+    let rows = applications::list(&mut tx, archived, &page).await?;
+    tx.commit().await?;
+    Ok(Reply::Json(
+        200,
+        page_body(&rows, |row| to_value(row).unwrap_or_default()),
+    ))
+}
+
+/// `POST …/applications`.
+pub async fn create(api: &Api, req: &AdminRequest, zone: &str) -> Result<Reply, ApiError> {
+    let body: CreateApplication = req.json()?;
+    check_len("name", &body.name, 1, 256)?;
+    if body
+        .registration_method
+        .as_deref()
+        .is_some_and(|m| m != "managed")
+    {
+        return Err(Problem::invalid_body(
+            "registration_method",
+            "must be managed (DCR applications are created through …/applications/dcr)",
+        )
+        .into());
+    }
+    let traits = body.traits.unwrap_or_default();
+    check_traits(&traits)?;
+    create_row(api, req, zone, &body.name, "managed", &traits, None).await
+}
+
+/// `POST …/applications/dcr` (needs `dcr_enabled`).
+pub async fn create_dcr(api: &Api, req: &AdminRequest, zone: &str) -> Result<Reply, ApiError> {
+    let body: CreateDcr = req.json()?;
+    check_len("name", &body.name, 1, 256)?;
+    let ttl = body.expires_in.unwrap_or(DCR_DEFAULT_TTL);
+    if !(60..=DCR_MAX_TTL).contains(&ttl) {
+        return Err(Problem::invalid_body(
+            "expires_in",
+            format!("must be 60 to {DCR_MAX_TTL} seconds"),
+        )
+        .into());
+    }
+    let expires_at = chrono::Utc::now() + chrono::Duration::seconds(ttl);
+    create_row(api, req, zone, &body.name, "dcr", &[], Some(expires_at)).await
+}
+
+async fn create_row(
+    api: &Api,
+    req: &AdminRequest,
+    zone: &str,
+    name: &str,
+    method: &str,
+    traits: &[String],
+    expires_at: Option<chrono::DateTime<chrono::Utc>>,
+) -> Result<Reply, ApiError> {
+    let secret = random_credential("cs_")?;
+    let hash = hash_secret(api, &secret).await?;
+    let (mut tx, zone_id) = open_zone(api, zone).await?;
+    if method == "dcr" {
+        let dcr_enabled = zones::get(&mut tx, zone_id.as_str())
+            .await?
+            .is_some_and(|z| z.dcr_enabled);
+        if !dcr_enabled {
+            return Err(Problem::new(
+                403,
+                "dcr_disabled",
+                "dynamic client registration is disabled in this zone",
+            )
+            .into());
+        }
+    }
+    if applications::name_taken(&mut tx, name, None).await? {
+        return Err(name_taken().into());
+    }
+    let id = uuid::Uuid::now_v7().to_string();
+    let inserted = applications::insert(
+        &mut tx,
+        &NewApplication {
+            id: &id,
+            zone_id: zone_id.as_str(),
+            name,
+            registration_method: method,
+            client_secret_hash: &hash,
+            traits,
+            expires_at,
+            created_by: &req.principal.id,
+        },
+    )
+    .await
+    .map_err(ApiError::from);
+    let row = match inserted {
+        Ok(row) => row,
+        Err(e) if is_unique_violation(&e) => return Err(name_taken().into()),
+        Err(e) => return Err(e),
+    };
+    audit::record(
+        api,
+        &mut tx,
+        req,
+        Action {
+            zone: Some(zone_id.as_str()),
+            entity_type: "application",
+            entity_id: Some(&id),
+            status: 201,
+            payload: json!({"name": name, "registration_method": method, "traits": traits}),
+        },
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(Reply::Json(201, with_secret(&row, &secret)?))
+}
+
+/// `GET …/applications/{id}`.
+pub async fn get(api: &Api, zone: &str, id: &str) -> Result<Reply, ApiError> {
+    let (mut tx, _) = open_zone(api, zone).await?;
+    let row = applications::get(&mut tx, id)
+        .await?
+        .ok_or_else(|| Problem::not_found("application"))?;
+    tx.commit().await?;
+    Ok(Reply::Json(200, to_value(&row)?))
+}
+
+/// `PATCH …/applications/{id}`: name, traits, or a caller-chosen secret.
+pub async fn patch(api: &Api, req: &AdminRequest, zone: &str, id: &str) -> Result<Reply, ApiError> {
+    let body: PatchApplication = req.json()?;
+    if let Some(name) = &body.name {
+        check_len("name", name, 1, 256)?;
+    }
+    if let Some(traits) = &body.traits {
+        check_traits(traits)?;
+    }
+    let hash = match &body.client_secret {
+        Some(secret) => {
+            if secret.len() < MIN_SECRET
+                || secret.len() > MAX_SECRET
+                || !secret.bytes().all(|b| b.is_ascii_graphic())
+            {
+                return Err(Problem::invalid_body(
+                    "client_secret",
+                    format!("must be {MIN_SECRET} to {MAX_SECRET} printable ASCII characters"),
+                )
+                .into());
+            }
+            Some(hash_secret(api, secret).await?)
+        }
+        None => None,
+    };
+    let (mut tx, zone_id) = open_zone(api, zone).await?;
+    if let Some(name) = &body.name
+        && applications::name_taken(&mut tx, name, Some(id)).await?
+    {
+        return Err(name_taken().into());
+    }
+    let patch = ApplicationPatch {
+        name: body.name.as_deref(),
+        client_secret_hash: hash.as_deref(),
+        traits: body.traits.as_deref(),
+    };
+    let row = applications::update(&mut tx, id, &patch, &req.principal.id)
+        .await?
+        .ok_or_else(|| Problem::not_found("application"))?;
+    audit::record(
+        api,
+        &mut tx,
+        req,
+        Action {
+            zone: Some(zone_id.as_str()),
+            entity_type: "application",
+            entity_id: Some(id),
+            status: 200,
+            payload: json!({
+                "name": body.name,
+                "traits": body.traits,
+                "client_secret_changed": body.client_secret.is_some(),
+            }),
+        },
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(Reply::Json(200, to_value(&row)?))
+}
+
+/// `POST …/applications/{id}/rotate-secret`: a new generated secret, shown once.
+pub async fn rotate(
+    api: &Api,
+    req: &AdminRequest,
+    zone: &str,
+    id: &str,
+) -> Result<Reply, ApiError> {
+    let secret = random_credential("cs_")?;
+    let hash = hash_secret(api, &secret).await?;
+    let (mut tx, zone_id) = open_zone(api, zone).await?;
+    let patch = ApplicationPatch {
+        client_secret_hash: Some(&hash),
+        ..ApplicationPatch::default()
+    };
+    let row = applications::update(&mut tx, id, &patch, &req.principal.id)
+        .await?
+        .ok_or_else(|| Problem::not_found("application"))?;
+    audit::record(
+        api,
+        &mut tx,
+        req,
+        Action {
+            zone: Some(zone_id.as_str()),
+            entity_type: "application",
+            entity_id: Some(id),
+            status: 200,
+            payload: json!({"client_secret_changed": true}),
+        },
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(Reply::Json(200, with_secret(&row, &secret)?))
+}
+
+/// `GET …/applications/{id}/client-secret`: secrets are stored as Argon2id hashes only, so
+/// there is nothing to reveal (decision 0018): 404 for an unknown application, else 409
+/// `client_secret_not_retrievable`.
+pub async fn reveal(api: &Api, zone: &str, id: &str) -> Result<Reply, ApiError> {
+    let (mut tx, _) = open_zone(api, zone).await?;
+    let found = applications::get(&mut tx, id).await?.is_some();
+    tx.commit().await?;
+    if !found {
+        return Err(Problem::not_found("application").into());
+    }
+    Err(Problem::new(
+        409,
+        "client_secret_not_retrievable",
+        "client secrets are stored as one-way hashes; rotate the secret to get a new one",
+    )
+    .into())
+}
+
+/// `DELETE …/applications/{id}`: archives it (its secret stops working at once).
+pub async fn delete(
+    api: &Api,
+    req: &AdminRequest,
+    zone: &str,
+    id: &str,
+) -> Result<Reply, ApiError> {
+    let (mut tx, zone_id) = open_zone(api, zone).await?;
+    if !applications::archive(&mut tx, id, &req.principal.id).await? {
+        return Err(Problem::not_found("application").into());
+    }
+    audit::record(
+        api,
+        &mut tx,
+        req,
+        Action {
+            zone: Some(zone_id.as_str()),
+            entity_type: "application",
+            entity_id: Some(id),
+            status: 204,
+            payload: json!({}),
+        },
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(Reply::NoContent)
+}

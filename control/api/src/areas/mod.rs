@@ -1,0 +1,89 @@
+//! The admin API's resource areas. Each handler reads its input strictly, does its work in
+//! one transaction scoped to the zone in the path (or the global scope), records the admin
+//! audit row in that same transaction, and returns a [`Reply`].
+
+use control_model::ZoneId;
+use control_store::{
+    admin::zones,
+    zone::{ZoneTx, zone_tx},
+};
+use serde_json::Value;
+
+use crate::{
+    error::{ApiError, Problem},
+    state::Api,
+};
+
+pub mod admin_tokens;
+pub mod applications;
+pub mod policies;
+pub mod zones_area;
+
+/// A successful answer.
+#[derive(Debug)]
+pub enum Reply {
+    /// A JSON body with a status.
+    Json(u16, Value),
+    /// 204.
+    NoContent,
+}
+
+/// Begins a transaction scoped to the live zone `zone`: 404 `zone_not_found` otherwise.
+pub async fn open_zone(api: &Api, zone: &str) -> Result<(ZoneTx, ZoneId), ApiError> {
+    let id = ZoneId::parse(zone).map_err(|_invalid| Problem::not_found("zone"))?;
+    let mut tx = zone_tx(&api.pool, &id).await?;
+    if zones::get(&mut tx, id.as_str()).await?.is_none() {
+        return Err(Problem::not_found("zone").into());
+    }
+    Ok((tx, id))
+}
+
+/// A random credential: `prefix` + 43 base64url characters (32 bytes from the OS CSPRNG).
+pub fn random_credential(prefix: &str) -> Result<zeroize::Zeroizing<String>, ApiError> {
+    use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+    let mut bytes = zeroize::Zeroizing::new([0u8; 32]);
+    control_crypto::fill_random(bytes.as_mut_slice())
+        .map_err(|e| ApiError::Crypto(e.to_string()))?;
+    Ok(zeroize::Zeroizing::new(format!(
+        "{prefix}{}",
+        URL_SAFE_NO_PAD.encode(bytes.as_slice())
+    )))
+}
+
+/// Argon2id PHC of `secret`, off the async workers.
+pub async fn hash_secret(api: &Api, secret: &str) -> Result<String, ApiError> {
+    let params = api.argon2;
+    let secret = zeroize::Zeroizing::new(secret.to_owned());
+    tokio::task::spawn_blocking(move || control_crypto::hash_secret(&params, secret.as_bytes()))
+        .await
+        .map_err(|e| ApiError::Crypto(format!("argon2 task failed: {e}")))?
+        .map_err(|e| ApiError::Crypto(e.to_string()))
+}
+
+/// The SQLSTATE of a unique violation.
+pub fn is_unique_violation(err: &ApiError) -> bool {
+    match err {
+        ApiError::Database(e) => crate::error::sqlstate(e).as_deref() == Some("23505"),
+        ApiError::Store(control_store::StoreError::Database(e)) => {
+            crate::error::sqlstate(e).as_deref() == Some("23505")
+        }
+        _ => false,
+    }
+}
+
+/// Serialises a row (never fails for the store's row types; an error becomes a 500).
+pub fn to_value<T: serde::Serialize>(row: &T) -> Result<Value, ApiError> {
+    serde_json::to_value(row).map_err(|e| ApiError::Internal(format!("row serialisation: {e}")))
+}
+
+/// A text field's length bound, checked in characters.
+pub fn check_len(path: &str, value: &str, min: usize, max: usize) -> Result<(), Problem> {
+    let n = value.chars().count();
+    if n < min || n > max {
+        return Err(Problem::invalid_body(
+            path,
+            format!("must be {min} to {max} characters"),
+        ));
+    }
+    Ok(())
+}
