@@ -4,6 +4,7 @@
 //! STS's verification cache is keyed by the stored hash.
 
 use control_store::admin::{
+    Archivable,
     applications::{self, ApplicationPatch, NewApplication},
     zones,
 };
@@ -341,23 +342,5 @@ pub async fn delete(
     zone: &str,
     id: &str,
 ) -> Result<Reply, ApiError> {
-    let (mut tx, zone_id) = open_zone(api, zone).await?;
-    if !applications::archive(&mut tx, id, &req.principal.id).await? {
-        return Err(Problem::not_found("application").into());
-    }
-    audit::record(
-        api,
-        &mut tx,
-        req,
-        Action {
-            zone: Some(zone_id.as_str()),
-            entity_type: "application",
-            entity_id: Some(id),
-            status: 204,
-            payload: json!({}),
-        },
-    )
-    .await?;
-    tx.commit().await?;
-    Ok(Reply::NoContent)
+    super::archive(api, req, zone, Archivable::Application, "application", id).await
 }

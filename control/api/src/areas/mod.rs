@@ -4,7 +4,7 @@
 
 use control_model::ZoneId;
 use control_store::{
-    admin::zones,
+    admin::{self, Archivable, zones},
     zone::{ZoneTx, zone_tx},
 };
 use serde_json::Value;
@@ -36,6 +36,37 @@ pub async fn open_zone(api: &Api, zone: &str) -> Result<(ZoneTx, ZoneId), ApiErr
         return Err(Problem::not_found("zone").into());
     }
     Ok((tx, id))
+}
+
+/// `DELETE` of an archivable entity in `zone`: archives it and records the action; 404
+/// `<thing>_not_found` when there is no live row.
+pub async fn archive(
+    api: &Api,
+    req: &crate::request::AdminRequest,
+    zone: &str,
+    table: Archivable,
+    thing: &'static str,
+    id: &str,
+) -> Result<Reply, ApiError> {
+    let (mut tx, zone_id) = open_zone(api, zone).await?;
+    if !admin::archive(&mut tx, table, id, &req.principal.id).await? {
+        return Err(Problem::not_found(thing).into());
+    }
+    crate::audit::record(
+        api,
+        &mut tx,
+        req,
+        crate::audit::Action {
+            zone: Some(zone_id.as_str()),
+            entity_type: thing,
+            entity_id: Some(id),
+            status: 204,
+            payload: serde_json::json!({}),
+        },
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(Reply::NoContent)
 }
 
 /// A random credential: `prefix` + 43 base64url characters (32 bytes from the OS CSPRNG).

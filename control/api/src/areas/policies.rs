@@ -2,7 +2,10 @@
 //! against the contract's rules (authority §5.1) before anything is stored, kept as
 //! immutable numbered versions.
 
-use control_store::admin::policies::{self, NewPolicyVersion};
+use control_store::admin::{
+    Archivable,
+    policies::{self, NewPolicyVersion},
+};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -203,25 +206,7 @@ pub async fn delete(
     zone: &str,
     id: &str,
 ) -> Result<Reply, ApiError> {
-    let (mut tx, zone_id) = open_zone(api, zone).await?;
-    if !policies::archive(&mut tx, id, &req.principal.id).await? {
-        return Err(Problem::not_found("policy").into());
-    }
-    audit::record(
-        api,
-        &mut tx,
-        req,
-        Action {
-            zone: Some(zone_id.as_str()),
-            entity_type: "policy",
-            entity_id: Some(id),
-            status: 204,
-            payload: json!({}),
-        },
-    )
-    .await?;
-    tx.commit().await?;
-    Ok(Reply::NoContent)
+    super::archive(api, req, zone, Archivable::Policy, "policy", id).await
 }
 
 /// `POST /v1/policies/validate {content, schema_version?}` → `{valid, error?, error_description?}`.

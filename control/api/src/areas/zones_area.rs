@@ -1,7 +1,10 @@
 //! `/v1/zones`: create, list, read, patch, archive, DCR status.
 
 use control_store::{
-    admin::zones::{self, NewZone, ZonePatch},
+    admin::{
+        Archivable,
+        zones::{self, NewZone, ZonePatch},
+    },
     zone::zone_tx,
 };
 use serde::Deserialize;
@@ -203,25 +206,7 @@ pub async fn patch(api: &Api, req: &AdminRequest, zone: &str) -> Result<Reply, A
 
 /// `DELETE /zones/{z}`: archives the zone.
 pub async fn delete(api: &Api, req: &AdminRequest, zone: &str) -> Result<Reply, ApiError> {
-    let (mut tx, id) = open_zone(api, zone).await?;
-    if !zones::archive(&mut tx, id.as_str(), &req.principal.id).await? {
-        return Err(Problem::not_found("zone").into());
-    }
-    audit::record(
-        api,
-        &mut tx,
-        req,
-        Action {
-            zone: Some(id.as_str()),
-            entity_type: "zone",
-            entity_id: Some(id.as_str()),
-            status: 204,
-            payload: json!({}),
-        },
-    )
-    .await?;
-    tx.commit().await?;
-    Ok(Reply::NoContent)
+    super::archive(api, req, zone, Archivable::Zone, "zone", zone).await
 }
 
 /// `GET /zones/{z}/dcr-status`.

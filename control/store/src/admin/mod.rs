@@ -9,3 +9,49 @@ pub mod applications;
 pub mod page;
 pub mod policies;
 pub mod zones;
+
+/// Tables whose rows the admin API archives instead of deleting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Archivable {
+    /// `zones`.
+    Zone,
+    /// `applications`.
+    Application,
+    /// `policies`.
+    Policy,
+}
+
+impl Archivable {
+    fn statement(self) -> &'static str {
+        match self {
+            Archivable::Zone => {
+                "UPDATE zones SET archived_at = now(), updated_at = now(), updated_by = $2 \
+                 WHERE id = $1 AND archived_at IS NULL"
+            }
+            Archivable::Application => {
+                "UPDATE applications SET archived_at = now(), updated_at = now(), updated_by = $2 \
+                 WHERE id = $1 AND archived_at IS NULL"
+            }
+            Archivable::Policy => {
+                "UPDATE policies SET archived_at = now(), updated_at = now(), updated_by = $2 \
+                 WHERE id = $1 AND archived_at IS NULL"
+            }
+        }
+    }
+}
+
+/// Archives the live row `id` of `table` (visible in the transaction's scope); false when
+/// there is none.
+pub async fn archive(
+    conn: &mut sqlx::PgConnection,
+    table: Archivable,
+    id: &str,
+    actor: &str,
+) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query(table.statement())
+        .bind(id)
+        .bind(actor)
+        .execute(conn)
+        .await?;
+    Ok(done.rows_affected() == 1)
+}
