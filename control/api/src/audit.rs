@@ -26,6 +26,38 @@ pub struct Action<'a> {
     pub payload: Value,
 }
 
+impl<'a> Action<'a> {
+    /// An action on entity `entity_id` in `zone`'s chain.
+    pub fn in_zone(
+        zone: &'a str,
+        entity_type: &'a str,
+        entity_id: &'a str,
+        status: u16,
+        payload: Value,
+    ) -> Self {
+        Self {
+            zone: Some(zone),
+            entity_type,
+            entity_id: Some(entity_id),
+            status,
+            payload,
+        }
+    }
+}
+
+/// Records `action` in the zone transaction `tx`, then commits the change and its record
+/// together.
+pub async fn commit_zone(
+    api: &Api,
+    mut tx: control_store::zone::ZoneTx,
+    req: &AdminRequest,
+    action: Action<'_>,
+) -> Result<(), ApiError> {
+    record(api, &mut tx, req, action).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
 /// Time truncated to the database's microsecond precision, so the hash recomputed from the
 /// stored row matches.
 fn now_micros() -> DateTime<Utc> {

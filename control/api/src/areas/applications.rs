@@ -196,20 +196,19 @@ async fn create_row(
         Err(e) if is_unique_violation(&e) => return Err(name_taken().into()),
         Err(e) => return Err(e),
     };
-    audit::record(
+    audit::commit_zone(
         api,
-        &mut tx,
+        tx,
         req,
-        Action {
-            zone: Some(zone_id.as_str()),
-            entity_type: "application",
-            entity_id: Some(&id),
-            status: 201,
-            payload: json!({"name": name, "registration_method": method, "traits": traits}),
-        },
+        Action::in_zone(
+            zone_id.as_str(),
+            "application",
+            &id,
+            201,
+            json!({"name": name, "registration_method": method, "traits": traits}),
+        ),
     )
     .await?;
-    tx.commit().await?;
     Ok(Reply::Json(201, with_secret(&row, &secret)?))
 }
 
@@ -262,24 +261,23 @@ pub async fn patch(api: &Api, req: &AdminRequest, zone: &str, id: &str) -> Resul
     let row = applications::update(&mut tx, id, &patch, &req.principal.id)
         .await?
         .ok_or_else(|| Problem::not_found("application"))?;
-    audit::record(
+    audit::commit_zone(
         api,
-        &mut tx,
+        tx,
         req,
-        Action {
-            zone: Some(zone_id.as_str()),
-            entity_type: "application",
-            entity_id: Some(id),
-            status: 200,
-            payload: json!({
+        Action::in_zone(
+            zone_id.as_str(),
+            "application",
+            id,
+            200,
+            json!({
                 "name": body.name,
                 "traits": body.traits,
                 "client_secret_changed": body.client_secret.is_some(),
             }),
-        },
+        ),
     )
     .await?;
-    tx.commit().await?;
     Ok(Reply::Json(200, to_value(&row)?))
 }
 
@@ -300,20 +298,19 @@ pub async fn rotate(
     let row = applications::update(&mut tx, id, &patch, &req.principal.id)
         .await?
         .ok_or_else(|| Problem::not_found("application"))?;
-    audit::record(
+    audit::commit_zone(
         api,
-        &mut tx,
+        tx,
         req,
-        Action {
-            zone: Some(zone_id.as_str()),
-            entity_type: "application",
-            entity_id: Some(id),
-            status: 200,
-            payload: json!({"client_secret_changed": true}),
-        },
+        Action::in_zone(
+            zone_id.as_str(),
+            "application",
+            id,
+            200,
+            json!({"client_secret_changed": true}),
+        ),
     )
     .await?;
-    tx.commit().await?;
     Ok(Reply::Json(200, with_secret(&row, &secret)?))
 }
 

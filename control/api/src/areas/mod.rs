@@ -52,20 +52,9 @@ pub async fn archive(
     if !admin::archive(&mut tx, table, id, &req.principal.id).await? {
         return Err(Problem::not_found(thing).into());
     }
-    crate::audit::record(
-        api,
-        &mut tx,
-        req,
-        crate::audit::Action {
-            zone: Some(zone_id.as_str()),
-            entity_type: thing,
-            entity_id: Some(id),
-            status: 204,
-            payload: serde_json::json!({}),
-        },
-    )
-    .await?;
-    tx.commit().await?;
+    let action =
+        crate::audit::Action::in_zone(zone_id.as_str(), thing, id, 204, serde_json::json!({}));
+    crate::audit::commit_zone(api, tx, req, action).await?;
     Ok(Reply::NoContent)
 }
 

@@ -103,20 +103,13 @@ pub async fn create(api: &Api, req: &AdminRequest, zone: &str) -> Result<Reply, 
         },
     )
     .await?;
-    audit::record(
+    audit::commit_zone(
         api,
-        &mut tx,
+        tx,
         req,
-        Action {
-            zone: Some(zone_id.as_str()),
-            entity_type: "policy",
-            entity_id: Some(&id),
-            status: 201,
-            payload: json!({"name": body.name, "version_id": version_id, "version": version, "content_sha256": sha}),
-        },
+        Action::in_zone(zone_id.as_str(), "policy", &id, 201, json!({"name": body.name, "version_id": version_id, "version": version, "content_sha256": sha})),
     )
     .await?;
-    tx.commit().await?;
     Ok(Reply::Json(
         201,
         json!({
@@ -179,20 +172,19 @@ pub async fn add_version(
         },
     )
     .await?;
-    audit::record(
+    audit::commit_zone(
         api,
-        &mut tx,
+        tx,
         req,
-        Action {
-            zone: Some(zone_id.as_str()),
-            entity_type: "policy_version",
-            entity_id: Some(&version_id),
-            status: 201,
-            payload: json!({"policy_id": id, "version": version, "content_sha256": sha}),
-        },
+        Action::in_zone(
+            zone_id.as_str(),
+            "policy_version",
+            &version_id,
+            201,
+            json!({"policy_id": id, "version": version, "content_sha256": sha}),
+        ),
     )
     .await?;
-    tx.commit().await?;
     Ok(Reply::Json(
         201,
         json!({"version_id": version_id, "policy_id": id, "version": version, "content_sha256": sha, "schema_version": schema}),

@@ -119,20 +119,19 @@ pub async fn create(api: &Api, req: &AdminRequest) -> Result<Reply, ApiError> {
         Err(e) if is_unique_violation(&e) => return Err(slug_conflict().into()),
         Err(e) => return Err(e),
     };
-    audit::record(
+    audit::commit_zone(
         api,
-        &mut tx,
+        tx,
         req,
-        Action {
-            zone: Some(&id),
-            entity_type: "zone",
-            entity_id: Some(&id),
-            status: 201,
-            payload: json!({"name": row.name, "slug": row.slug, "dcr_enabled": row.dcr_enabled}),
-        },
+        Action::in_zone(
+            &id,
+            "zone",
+            &id,
+            201,
+            json!({"name": row.name, "slug": row.slug, "dcr_enabled": row.dcr_enabled}),
+        ),
     )
     .await?;
-    tx.commit().await?;
     Ok(Reply::Json(201, to_value(&row)?))
 }
 
