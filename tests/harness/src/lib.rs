@@ -178,10 +178,10 @@ impl Drop for TestDb {
     }
 }
 
-/// Captures every log line emitted on this thread (all levels) until the guard drops.
-/// `#[tokio::test]` runs tasks on the test's thread, so spawned server tasks are captured
-/// too. Tests search the text for secrets.
-pub fn capture_logs() -> (tracing::subscriber::DefaultGuard, LogBuffer) {
+/// Installs the process-wide log subscriber, capturing every line at every level into the
+/// returned buffer. Only for a test binary with a single test (the global subscriber can be
+/// set once per process); tests search the text for secrets.
+pub fn capture_all_logs() -> anyhow::Result<LogBuffer> {
     let buffer = LogBuffer::default();
     let writer = buffer.clone();
     let subscriber = tracing_subscriber::fmt()
@@ -189,10 +189,11 @@ pub fn capture_logs() -> (tracing::subscriber::DefaultGuard, LogBuffer) {
         .with_ansi(false)
         .with_writer(move || writer.clone())
         .finish();
-    (tracing::subscriber::set_default(subscriber), buffer)
+    tracing::subscriber::set_global_default(subscriber)?;
+    Ok(buffer)
 }
 
-/// The text captured by [`capture_logs`].
+/// The text captured by [`capture_all_logs`].
 #[derive(Clone, Default)]
 pub struct LogBuffer(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
 

@@ -326,7 +326,6 @@ async fn lists_page_newest_first_and_refuse_bad_queries() -> anyhow::Result<()> 
 #[tokio::test]
 async fn applications_show_their_secret_once_and_rotation_replaces_it() -> anyhow::Result<()> {
     let (db, api) = start().await?;
-    let (_guard, logs) = tests_harness::capture_logs();
     let zone = create_zone(&api, "Apps").await?;
     let other = create_zone(&api, "Elsewhere").await?;
     let base = format!("/v1/zones/{zone}/applications");
@@ -464,20 +463,17 @@ async fn applications_show_their_secret_once_and_rotation_replaces_it() -> anyho
         "invalid_query",
     );
 
-    // No secret in the admin audit payloads or in any log line.
+    // No secret in the admin audit payloads (log lines: tests/secrets_in_logs.rs).
     let payloads: Vec<String> =
         sqlx::query_scalar("SELECT payload_json::text FROM caracal.admin_audit_events")
             .fetch_all(&mut db.admin().await?)
             .await?;
-    let text = logs.text();
     for secret in [first.as_str(), second.as_str(), chosen, BOOTSTRAP_TOKEN] {
         assert!(
             !payloads.iter().any(|p| p.contains(secret)),
             "payload leaks a secret"
         );
-        assert!(!text.contains(secret), "a log line leaks a secret");
     }
-    assert!(text.contains("refused"), "the capture works: {text}");
     api.stop().await;
     Ok(())
 }
