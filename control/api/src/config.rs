@@ -29,6 +29,10 @@ pub struct ApiConfig {
     pub max_connections: usize,
     /// `METRICS_BEARER`: when set, `/metrics` needs it.
     pub metrics_bearer: Option<Zeroizing<String>>,
+    /// `STREAMS_HMAC_KEY`: signs the stream messages the outbox publishes (`_sig`).
+    pub streams_hmac_key: Option<HmacKey>,
+    /// The outbox dispatcher (`OUTBOX_*`, `STREAMS_MAXLEN`; storage §7.3).
+    pub outbox: control_events::outbox::OutboxConfig,
 }
 
 impl std::fmt::Debug for ApiConfig {
@@ -121,6 +125,10 @@ impl ApiConfig {
             audit_hmac_key,
             max_connections,
             metrics_bearer: lookup("METRICS_BEARER").map(Zeroizing::new),
+            streams_hmac_key: HmacKey::from_lookup("STREAMS_HMAC_KEY", lookup)
+                .map_err(|e| ConfigError(e.to_string()))?,
+            outbox: control_events::outbox::OutboxConfig::from_lookup(lookup)
+                .map_err(|e| ConfigError(e.to_string()))?,
         })
     }
 }

@@ -20,6 +20,7 @@ pub mod error;
 pub mod metrics;
 pub mod ops;
 pub mod request;
+pub mod routes;
 pub mod server;
 pub mod state;
 
@@ -98,6 +99,23 @@ pub async fn start_with_listener(
         cause,
     })?;
     let (shutdown, shutdown_rx) = watch::channel(false);
+    // The outbox dispatcher of producer `api` (storage §7.3): activations, revocations and
+    // the binding revisions that admin writes trigger.
+    let dispatcher = control_events::outbox::Dispatcher::new(
+        pool.clone(),
+        redis.clone(),
+        control_events::outbox::OutboxTarget {
+            table: control_store::outbox::OutboxTable::Event,
+            producer: control_store::outbox::PRODUCER_API.to_owned(),
+            worker: control_events::streams::consumer_name("api", &config.instance_id),
+        },
+        config.outbox.clone(),
+        control_events::outbox::OutboxKeys {
+            streams: config.streams_hmac_key.clone(),
+            audit: config.audit_hmac_key.clone(),
+        },
+    );
+    let outbox = dispatcher.handle();
     let serve_config = control_http::ServeConfig {
         max_connections: config.max_connections,
         ..control_http::ServeConfig::default()
@@ -116,7 +134,9 @@ pub async fn start_with_listener(
             .build(),
         metrics: metrics::Metrics::default(),
         redis,
+        outbox,
     });
+    let outbox_task = dispatcher.spawn(shutdown_rx.clone());
     let serve = tokio::spawn(control_http::serve(
         listener,
         serve_config,
@@ -127,7 +147,7 @@ pub async fn start_with_listener(
     Ok(ApiHandle {
         addr,
         shutdown,
-        tasks: vec![serve],
+        tasks: vec![serve, outbox_task],
     })
 }
 

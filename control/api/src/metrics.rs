@@ -19,16 +19,39 @@ impl Metrics {
         counter.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Prometheus text.
-    pub fn render(&self) -> String {
+    /// Prometheus text, with the `api` outbox's figures.
+    pub fn render(&self, outbox: &control_events::outbox::OutboxSnapshot) -> String {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        format!(
-            "# TYPE caracal_api_requests_total counter\ncaracal_api_requests_total {}\n\
-             # TYPE caracal_api_refusals_total counter\ncaracal_api_refusals_total {}\n\
-             # TYPE caracal_api_errors_total counter\ncaracal_api_errors_total {}\n",
-            get(&self.requests),
-            get(&self.refusals),
-            get(&self.errors)
-        )
+        let lines = [
+            ("caracal_api_requests_total", "counter", get(&self.requests)),
+            ("caracal_api_refusals_total", "counter", get(&self.refusals)),
+            ("caracal_api_errors_total", "counter", get(&self.errors)),
+            ("caracal_api_outbox_pending", "gauge", outbox.pending),
+            ("caracal_api_outbox_dead", "gauge", outbox.dead_total),
+            (
+                "caracal_api_outbox_oldest_pending_age_seconds",
+                "gauge",
+                outbox.oldest_pending_age_secs,
+            ),
+            (
+                "caracal_api_outbox_publish_latency_ms",
+                "gauge",
+                outbox.last_publish_latency_ms,
+            ),
+            (
+                "caracal_api_outbox_published_total",
+                "counter",
+                outbox.published,
+            ),
+            (
+                "caracal_api_outbox_retries_total",
+                "counter",
+                outbox.retries,
+            ),
+        ];
+        lines
+            .iter()
+            .map(|(name, kind, value)| format!("# TYPE {name} {kind}\n{name} {value}\n"))
+            .collect()
     }
 }

@@ -5,7 +5,8 @@ use http::{Request, Response};
 
 use crate::{server::ready_body, state::Api};
 
-/// 200 when Postgres and Redis answer, else 503 naming the first that does not.
+/// 200 when Postgres and Redis answer and the outbox is within its readiness bounds, else
+/// 503 naming the first problem.
 pub async fn ready(api: &Api) -> Response<Body> {
     let db = tokio::time::timeout(
         std::time::Duration::from_secs(2),
@@ -22,6 +23,9 @@ pub async fn ready(api: &Api) -> Response<Body> {
     .await;
     if !matches!(redis_ok, Ok(Ok(_))) {
         return respond::json(503, &ready_body(false, Some("redis_unavailable")));
+    }
+    if let Some(reason) = api.outbox.ready_reason() {
+        return respond::json(503, &ready_body(false, Some(reason)));
     }
     respond::json(200, &ready_body(true, None))
 }
@@ -42,6 +46,6 @@ pub fn metrics<B>(api: &Api, req: &Request<B>) -> Response<Body> {
     respond::bytes(
         200,
         "text/plain; version=0.0.4",
-        bytes::Bytes::from(api.metrics.render()),
+        bytes::Bytes::from(api.metrics.render(&api.outbox.stats().snapshot())),
     )
 }

@@ -8,11 +8,15 @@ use hyper::body::Incoming;
 use serde_json::json;
 
 use crate::{
-    areas::{Reply, admin_tokens, applications, policies, zones_area},
-    auth::{self, Need},
+    areas::{
+        Reply, admin_tokens, applications, approvals, grants, policies, policy_sets, providers,
+        resources, subject_issuers, subjects, views, zones_area,
+    },
+    auth,
     error::{ApiError, Problem, rescue},
     metrics::Metrics,
     request::AdminRequest,
+    routes::{Route, Scope, no_route, wrong_method},
     state::Api,
 };
 use control_http::{Body, respond};
@@ -113,100 +117,92 @@ async fn admin(
     }
 }
 
-/// The capability a request needs: reads for GET, decisions for approval decisions,
-/// writes otherwise.
-fn need(method: &Method, segs: &[&str]) -> Need {
-    if method == Method::GET || method == Method::HEAD {
-        return Need::Read;
-    }
-    match segs {
-        ["zones", _, "approvals", _, "approve" | "reject"] => Need::Decide,
-        // Validation changes nothing.
-        ["policies", "validate"] => Need::Read,
-        _ => Need::Write,
+/// The areas, each with its route table.
+#[derive(Debug, Clone, Copy)]
+enum Area {
+    Zones,
+    Applications,
+    Providers,
+    Resources,
+    Policies,
+    PolicySets,
+    Grants,
+    SubjectIssuers,
+    Approvals,
+    Subjects,
+    Views,
+    AdminTokens,
+}
+
+const AREAS: [(Area, &[Route]); 12] = [
+    (Area::Zones, zones_area::ROUTES),
+    (Area::Applications, applications::ROUTES),
+    (Area::Providers, providers::ROUTES),
+    (Area::Resources, resources::ROUTES),
+    (Area::Policies, policies::ROUTES),
+    (Area::PolicySets, policy_sets::ROUTES),
+    (Area::Grants, grants::ROUTES),
+    (Area::SubjectIssuers, subject_issuers::ROUTES),
+    (Area::Approvals, approvals::ROUTES),
+    (Area::Subjects, subjects::ROUTES),
+    (Area::Views, views::ROUTES),
+    (Area::AdminTokens, admin_tokens::ROUTES),
+];
+
+/// Every route the API serves, in table order.
+pub fn routes() -> impl Iterator<Item = &'static Route> {
+    AREAS.iter().flat_map(|(_, routes)| routes.iter())
+}
+
+async fn call(
+    area: Area,
+    api: &Api,
+    req: &AdminRequest,
+    op: &str,
+    p: &[&str],
+) -> Result<Reply, ApiError> {
+    match area {
+        Area::Zones => zones_area::handle(api, req, op, p).await,
+        Area::Applications => applications::handle(api, req, op, p).await,
+        Area::Providers => providers::handle(api, req, op, p).await,
+        Area::Resources => resources::handle(api, req, op, p).await,
+        Area::Policies => policies::handle(api, req, op, p).await,
+        Area::PolicySets => policy_sets::handle(api, req, op, p).await,
+        Area::Grants => grants::handle(api, req, op, p).await,
+        Area::SubjectIssuers => subject_issuers::handle(api, req, op, p).await,
+        Area::Approvals => approvals::handle(api, req, op, p).await,
+        Area::Subjects => subjects::handle(api, req, op, p).await,
+        Area::Views => views::handle(api, req, op, p).await,
+        Area::AdminTokens => admin_tokens::handle(api, req, op, p).await,
     }
 }
 
+/// Finds the route, checks capability and zone, runs the operation.
 async fn dispatch(api: &Api, req: &AdminRequest, segs: &[&str]) -> Result<Reply, ApiError> {
-    let zone = match segs {
-        ["zones", zone, ..] => Some(*zone),
-        // A zone token lists only its own zone, and may validate documents.
-        ["zones"] if req.method == Method::GET => req.principal.zone.as_deref(),
-        ["policies", "validate"] => req.principal.zone.as_deref(),
-        _ => None,
-    };
-    auth::authorize(&req.principal, need(&req.method, segs), zone)?;
-    let m = &req.method;
-    match segs {
-        ["zones"] if m == Method::GET => zones_area::list(api, req).await,
-        ["zones"] if m == Method::POST => zones_area::create(api, req).await,
-        ["zones", z] if m == Method::GET => zones_area::get(api, z).await,
-        ["zones", z] if m == Method::PATCH => zones_area::patch(api, req, z).await,
-        ["zones", z] if m == Method::DELETE => zones_area::delete(api, req, z).await,
-        ["zones", z, "dcr-status"] if m == Method::GET => zones_area::dcr_status(api, z).await,
-        ["zones", z, "applications"] if m == Method::GET => applications::list(api, req, z).await,
-        ["zones", z, "applications"] if m == Method::POST => {
-            applications::create(api, req, z).await
+    let mut path_known = false;
+    for (area, routes) in AREAS {
+        for route in routes {
+            let Some(params) = route.matches(segs) else {
+                continue;
+            };
+            if route.method != req.method {
+                path_known = true;
+                continue;
+            }
+            let zone = match route.scope {
+                Scope::Zone => params.first().copied(),
+                Scope::Global => None,
+                Scope::Any => req.principal.zone.as_deref(),
+            };
+            auth::authorize(&req.principal, route.need, zone)?;
+            return call(area, api, req, route.op, &params).await;
         }
-        ["zones", z, "applications", "dcr"] if m == Method::POST => {
-            applications::create_dcr(api, req, z).await
-        }
-        ["zones", z, "applications", id] if m == Method::GET => applications::get(api, z, id).await,
-        ["zones", z, "applications", id] if m == Method::PATCH => {
-            applications::patch(api, req, z, id).await
-        }
-        ["zones", z, "applications", id] if m == Method::DELETE => {
-            applications::delete(api, req, z, id).await
-        }
-        ["zones", z, "applications", id, "rotate-secret"] if m == Method::POST => {
-            applications::rotate(api, req, z, id).await
-        }
-        ["zones", z, "applications", id, "client-secret"] if m == Method::GET => {
-            applications::reveal(api, z, id).await
-        }
-        ["zones", z, "policies"] if m == Method::GET => policies::list(api, req, z).await,
-        ["zones", z, "policies"] if m == Method::POST => policies::create(api, req, z).await,
-        ["zones", z, "policies", id] if m == Method::GET => policies::get(api, z, id).await,
-        ["zones", z, "policies", id] if m == Method::DELETE => {
-            policies::delete(api, req, z, id).await
-        }
-        ["zones", z, "policies", id, "versions"] if m == Method::POST => {
-            policies::add_version(api, req, z, id).await
-        }
-        ["policies", "validate"] if m == Method::POST => policies::validate_only(req),
-        ["admin-tokens"] if m == Method::GET => admin_tokens::list(api, req).await,
-        ["admin-tokens"] if m == Method::POST => admin_tokens::create(api, req).await,
-        ["admin-tokens", id] if m == Method::DELETE => admin_tokens::revoke(api, req, id).await,
-        _ if known_path(segs) => {
-            Err(Problem::new(405, "method_not_allowed", "method not allowed").into())
-        }
-        _ => Err(Problem::new(404, "not_found", "no such route").into()),
     }
-}
-
-/// Paths that exist under some method (a wrong method is 405, not 404).
-fn known_path(segs: &[&str]) -> bool {
-    matches!(
-        segs,
-        ["zones"]
-            | ["zones", _]
-            | ["zones", _, "dcr-status"]
-            | ["zones", _, "applications"]
-            | ["zones", _, "applications", _]
-            | [
-                "zones",
-                _,
-                "applications",
-                _,
-                "rotate-secret" | "client-secret"
-            ]
-            | ["zones", _, "policies"]
-            | ["zones", _, "policies", _]
-            | ["zones", _, "policies", _, "versions"]
-            | ["policies", "validate"]
-            | ["admin-tokens"]
-            | ["admin-tokens", _]
-    )
+    if path_known {
+        Err(wrong_method().into())
+    } else {
+        Err(no_route().into())
+    }
 }
 
 /// `{"ok":true,"ready":true}`.

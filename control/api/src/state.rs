@@ -23,4 +23,6 @@ pub struct Api {
     pub metrics: Metrics,
     /// Redis (readiness, propagation status).
     pub redis: redis::Client,
+    /// The outbox dispatcher of producer `api`: wake it after a commit that enqueued rows.
+    pub outbox: control_events::outbox::OutboxHandle,
 }

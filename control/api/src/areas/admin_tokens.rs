@@ -4,25 +4,31 @@
 
 use chrono::{DateTime, Utc};
 use control_store::{
-    admin::admin_tokens::{self, NewAdminToken},
+    admin::admin_tokens::{self, AdminTokenRow, NewAdminToken},
     zone::global_tx,
 };
+use schemars::JsonSchema;
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::json;
 use sha2::{Digest, Sha256};
+
+use http::Method;
 
 use super::{Reply, check_len, hash_secret, open_zone, random_credential, to_value};
 use crate::{
     audit::{self, Action},
+    auth::Need,
     auth::{Capability, TOKEN_PREFIX},
     error::{ApiError, Problem},
     request::{AdminRequest, page_body},
+    routes::{Answer, Route, Scope, schema_of, unknown_op},
     state::Api,
 };
 
-#[derive(Debug, Deserialize)]
+/// Body of `POST /admin-tokens`: `capability` is read, write or approve; `zone_id` scopes the token to one zone.
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct CreateToken {
+pub struct CreateToken {
     name: String,
     capability: String,
     zone_id: Option<String>,
@@ -126,11 +132,11 @@ pub async fn create(api: &Api, req: &AdminRequest) -> Result<Reply, ApiError> {
             row
         }
     };
-    let mut value = to_value(&row)?;
-    if let Some(map) = value.as_object_mut() {
-        map.insert("token".to_owned(), Value::String(token.to_string()));
-    }
-    Ok(Reply::Json(201, value))
+    let created = AdminTokenWithSecret {
+        row,
+        token: token.to_string(),
+    };
+    Ok(Reply::Json(201, to_value(&created)?))
 }
 
 /// `DELETE /admin-tokens/{id}?zone_id=`: revokes it at once.
@@ -184,5 +190,75 @@ pub async fn revoke(api: &Api, req: &AdminRequest, id: &str) -> Result<Reply, Ap
         Ok(Reply::NoContent)
     } else {
         Err(Problem::not_found("admin_token").into())
+    }
+}
+
+/// A token with its bearer value, in the one answer that shows it.
+#[derive(Debug, serde::Serialize, JsonSchema)]
+pub struct AdminTokenWithSecret {
+    /// The row.
+    #[serde(flatten)]
+    pub row: AdminTokenRow,
+    /// The bearer token; shown only here.
+    pub token: String,
+}
+
+const ZONE_PARAM: crate::routes::Param = crate::routes::Param {
+    name: "zone_id",
+    description: "the zone of zone-scoped tokens (absent: global tokens)",
+};
+
+/// The area's operations.
+pub const ROUTES: &[Route] = &[
+    Route {
+        method: Method::GET,
+        path: "/admin-tokens",
+        op: "admin_tokens.list",
+        summary: "List admin tokens",
+        need: Need::Read,
+        scope: Scope::Global,
+        body: None,
+        answer: Answer::Page(schema_of::<AdminTokenRow>),
+        query: &[ZONE_PARAM],
+        refusals: &[(404, "zone_not_found")],
+    },
+    Route {
+        method: Method::POST,
+        path: "/admin-tokens",
+        op: "admin_tokens.create",
+        summary: "Mint an admin token; the answer carries it once",
+        need: Need::Write,
+        scope: Scope::Global,
+        body: Some(schema_of::<CreateToken>),
+        answer: Answer::Json(201, schema_of::<AdminTokenWithSecret>),
+        query: &[],
+        refusals: &[(404, "zone_not_found")],
+    },
+    Route {
+        method: Method::DELETE,
+        path: "/admin-tokens/{token_id}",
+        op: "admin_tokens.revoke",
+        summary: "Revoke an admin token",
+        need: Need::Write,
+        scope: Scope::Global,
+        body: None,
+        answer: Answer::NoContent,
+        query: &[ZONE_PARAM],
+        refusals: &[(404, "admin_token_not_found")],
+    },
+];
+
+/// Runs operation `op` with its path parameters.
+pub async fn handle(
+    api: &Api,
+    req: &AdminRequest,
+    op: &str,
+    p: &[&str],
+) -> Result<Reply, ApiError> {
+    match (op, p) {
+        ("admin_tokens.list", []) => list(api, req).await,
+        ("admin_tokens.create", []) => create(api, req).await,
+        ("admin_tokens.revoke", [id]) => revoke(api, req, id).await,
+        _ => Err(unknown_op(op)),
     }
 }

@@ -5,19 +5,24 @@
 
 use control_store::admin::{
     Archivable,
-    applications::{self, ApplicationPatch, NewApplication},
+    applications::{self, AdminApplicationRow, ApplicationPatch, NewApplication},
     zones,
 };
+use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::{Value, json};
+
+use http::Method;
 
 use super::{
     Reply, check_len, hash_secret, is_unique_violation, open_zone, random_credential, to_value,
 };
 use crate::{
     audit::{self, Action},
+    auth::Need,
     error::{ApiError, Problem},
     request::{AdminRequest, page_body},
+    routes::{Answer, Route, Scope, schema_of, unknown_op},
     state::Api,
 };
 
@@ -31,25 +36,28 @@ const MAX_SECRET: usize = 512;
 const DCR_DEFAULT_TTL: i64 = 86_400;
 const DCR_MAX_TTL: i64 = 30 * 86_400;
 
-#[derive(Debug, Deserialize)]
+/// Body of `POST …/applications`: `registration_method` may only be `managed`; at most 32 traits.
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct CreateApplication {
+pub struct CreateApplication {
     name: String,
     registration_method: Option<String>,
     traits: Option<Vec<String>>,
 }
 
-#[derive(Debug, Deserialize)]
+/// Body of `PATCH …/applications/{id}`: `client_secret` (16–512 printable ASCII) replaces the secret.
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct PatchApplication {
+pub struct PatchApplication {
     name: Option<String>,
     client_secret: Option<String>,
     traits: Option<Vec<String>>,
 }
 
-#[derive(Debug, Deserialize)]
+/// Body of `POST …/applications/dcr`: `expires_in` is 60 s to 30 days (default 1 day).
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct CreateDcr {
+pub struct CreateDcr {
     name: String,
     expires_in: Option<i64>,
 }
@@ -80,13 +88,21 @@ fn name_taken() -> Problem {
     )
 }
 
-/// The row with the one-time secret added.
-fn with_secret(row: &applications::AdminApplicationRow, secret: &str) -> Result<Value, ApiError> {
-    let mut value = to_value(row)?;
-    if let Some(map) = value.as_object_mut() {
-        map.insert("client_secret".to_owned(), Value::String(secret.to_owned()));
-    }
-    Ok(value)
+/// An application with its secret, in the one answer that shows it.
+#[derive(Debug, serde::Serialize, JsonSchema)]
+pub struct ApplicationWithSecret {
+    /// The row.
+    #[serde(flatten)]
+    pub row: AdminApplicationRow,
+    /// The client secret; shown only here.
+    pub client_secret: String,
+}
+
+fn with_secret(row: AdminApplicationRow, secret: &str) -> Result<Value, ApiError> {
+    to_value(&ApplicationWithSecret {
+        row,
+        client_secret: secret.to_owned(),
+    })
 }
 
 /// `GET …/applications?status=active|archived`.
@@ -209,7 +225,7 @@ async fn create_row(
         ),
     )
     .await?;
-    Ok(Reply::Json(201, with_secret(&row, &secret)?))
+    Ok(Reply::Json(201, with_secret(row, &secret)?))
 }
 
 /// `GET …/applications/{id}`.
@@ -311,7 +327,7 @@ pub async fn rotate(
         ),
     )
     .await?;
-    Ok(Reply::Json(200, with_secret(&row, &secret)?))
+    Ok(Reply::Json(200, with_secret(row, &secret)?))
 }
 
 /// `GET …/applications/{id}/client-secret`: secrets are stored as Argon2id hashes only, so
@@ -340,4 +356,137 @@ pub async fn delete(
     id: &str,
 ) -> Result<Reply, ApiError> {
     super::archive(api, req, zone, Archivable::Application, "application", id).await
+}
+
+/// The area's operations.
+pub const ROUTES: &[Route] = &[
+    Route {
+        method: Method::GET,
+        path: "/zones/{zone_id}/applications",
+        op: "applications.list",
+        summary: "List applications",
+        need: Need::Read,
+        scope: Scope::Zone,
+        body: None,
+        answer: Answer::Page(schema_of::<AdminApplicationRow>),
+        query: &[crate::routes::Param {
+            name: "status",
+            description: "active (default) or archived",
+        }],
+        refusals: &[(404, "zone_not_found")],
+    },
+    Route {
+        method: Method::POST,
+        path: "/zones/{zone_id}/applications",
+        op: "applications.create",
+        summary: "Create a managed application; the answer carries its secret once",
+        need: Need::Write,
+        scope: Scope::Zone,
+        body: Some(schema_of::<CreateApplication>),
+        answer: Answer::Json(201, schema_of::<ApplicationWithSecret>),
+        query: &[],
+        refusals: &[(404, "zone_not_found"), (409, "application_name_taken")],
+    },
+    Route {
+        method: Method::POST,
+        path: "/zones/{zone_id}/applications/dcr",
+        op: "applications.dcr",
+        summary: "Register a dynamic client",
+        need: Need::Write,
+        scope: Scope::Zone,
+        body: Some(schema_of::<CreateDcr>),
+        answer: Answer::Json(201, schema_of::<ApplicationWithSecret>),
+        query: &[],
+        refusals: &[
+            (403, "dcr_disabled"),
+            (404, "zone_not_found"),
+            (409, "application_name_taken"),
+        ],
+    },
+    Route {
+        method: Method::GET,
+        path: "/zones/{zone_id}/applications/{application_id}",
+        op: "applications.get",
+        summary: "Read an application",
+        need: Need::Read,
+        scope: Scope::Zone,
+        body: None,
+        answer: Answer::Json(200, schema_of::<AdminApplicationRow>),
+        query: &[],
+        refusals: &[(404, "application_not_found")],
+    },
+    Route {
+        method: Method::PATCH,
+        path: "/zones/{zone_id}/applications/{application_id}",
+        op: "applications.patch",
+        summary: "Change an application (name, traits, or a chosen secret)",
+        need: Need::Write,
+        scope: Scope::Zone,
+        body: Some(schema_of::<PatchApplication>),
+        answer: Answer::Json(200, schema_of::<AdminApplicationRow>),
+        query: &[],
+        refusals: &[
+            (404, "application_not_found"),
+            (409, "application_name_taken"),
+        ],
+    },
+    Route {
+        method: Method::DELETE,
+        path: "/zones/{zone_id}/applications/{application_id}",
+        op: "applications.delete",
+        summary: "Archive an application",
+        need: Need::Write,
+        scope: Scope::Zone,
+        body: None,
+        answer: Answer::NoContent,
+        query: &[],
+        refusals: &[(404, "application_not_found")],
+    },
+    Route {
+        method: Method::POST,
+        path: "/zones/{zone_id}/applications/{application_id}/rotate-secret",
+        op: "applications.rotate_secret",
+        summary: "Replace the secret with a generated one",
+        need: Need::Write,
+        scope: Scope::Zone,
+        body: None,
+        answer: Answer::Json(200, schema_of::<ApplicationWithSecret>),
+        query: &[],
+        refusals: &[(404, "application_not_found")],
+    },
+    Route {
+        method: Method::GET,
+        path: "/zones/{zone_id}/applications/{application_id}/client-secret",
+        op: "applications.client_secret",
+        summary: "Always refused: secrets are stored one-way",
+        need: Need::Read,
+        scope: Scope::Zone,
+        body: None,
+        answer: Answer::NoContent,
+        query: &[],
+        refusals: &[
+            (404, "application_not_found"),
+            (409, "client_secret_not_retrievable"),
+        ],
+    },
+];
+
+/// Runs operation `op` with its path parameters.
+pub async fn handle(
+    api: &Api,
+    req: &AdminRequest,
+    op: &str,
+    p: &[&str],
+) -> Result<Reply, ApiError> {
+    match (op, p) {
+        ("applications.list", [z]) => list(api, req, z).await,
+        ("applications.create", [z]) => create(api, req, z).await,
+        ("applications.dcr", [z]) => create_dcr(api, req, z).await,
+        ("applications.get", [z, id]) => get(api, z, id).await,
+        ("applications.patch", [z, id]) => patch(api, req, z, id).await,
+        ("applications.delete", [z, id]) => delete(api, req, z, id).await,
+        ("applications.rotate_secret", [z, id]) => rotate(api, req, z, id).await,
+        ("applications.client_secret", [z, id]) => reveal(api, z, id).await,
+        _ => Err(unknown_op(op)),
+    }
 }

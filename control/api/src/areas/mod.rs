@@ -16,7 +16,15 @@ use crate::{
 
 pub mod admin_tokens;
 pub mod applications;
+pub mod approvals;
+pub mod grants;
 pub mod policies;
+pub mod policy_sets;
+pub mod providers;
+pub mod resources;
+pub mod subject_issuers;
+pub mod subjects;
+pub mod views;
 pub mod zones_area;
 
 /// A successful answer.

@@ -4,31 +4,38 @@
 
 use control_store::admin::{
     Archivable,
-    policies::{self, NewPolicyVersion},
+    policies::{self, NewPolicyVersion, PolicyRow, PolicyVersionRow},
 };
+use schemars::JsonSchema;
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::json;
+
+use http::Method;
 
 use super::{Reply, check_len, open_zone, to_value};
 use crate::{
     audit::{self, Action},
+    auth::Need,
     error::{ApiError, Problem},
     request::{AdminRequest, page_body},
+    routes::{Answer, Route, Scope, schema_of, unknown_op},
     state::Api,
 };
 
-#[derive(Debug, Deserialize)]
+/// Body of `POST …/policies`: `schema_version` defaults to the build's.
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct CreatePolicy {
+pub struct CreatePolicy {
     name: String,
     content: String,
     description: Option<String>,
     schema_version: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+/// Body of `POST …/policies/{id}/versions` and `POST /policies/validate`.
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct NewVersion {
+pub struct NewVersion {
     content: String,
     schema_version: Option<String>,
 }
@@ -110,14 +117,17 @@ pub async fn create(api: &Api, req: &AdminRequest, zone: &str) -> Result<Reply, 
         Action::in_zone(zone_id.as_str(), "policy", &id, 201, json!({"name": body.name, "version_id": version_id, "version": version, "content_sha256": sha})),
     )
     .await?;
-    Ok(Reply::Json(
-        201,
-        json!({
-            "id": id, "version_id": version_id, "zone_id": zone_id.as_str(), "name": body.name,
-            "description": body.description, "version": version, "content_sha256": sha,
-            "schema_version": schema,
-        }),
-    ))
+    let created = PolicyCreated {
+        id,
+        version_id,
+        zone_id: zone_id.as_str().to_owned(),
+        name: body.name,
+        description: body.description,
+        version,
+        content_sha256: sha,
+        schema_version: schema.to_owned(),
+    };
+    Ok(Reply::Json(201, to_value(&created)?))
 }
 
 /// `GET …/policies/{id}` with every version.
@@ -128,19 +138,7 @@ pub async fn get(api: &Api, zone: &str, id: &str) -> Result<Reply, ApiError> {
         .ok_or_else(|| Problem::not_found("policy"))?;
     let versions = policies::versions(&mut tx, id).await?;
     tx.commit().await?;
-    let mut value = to_value(&row)?;
-    if let Some(map) = value.as_object_mut() {
-        map.insert(
-            "versions".to_owned(),
-            Value::Array(
-                versions
-                    .iter()
-                    .map(|v| to_value(v).unwrap_or_default())
-                    .collect(),
-            ),
-        );
-    }
-    Ok(Reply::Json(200, value))
+    Ok(Reply::Json(200, to_value(&PolicyDetail { row, versions })?))
 }
 
 /// `POST …/policies/{id}/versions {content, schema_version?}`.
@@ -187,7 +185,13 @@ pub async fn add_version(
     .await?;
     Ok(Reply::Json(
         201,
-        json!({"version_id": version_id, "policy_id": id, "version": version, "content_sha256": sha, "schema_version": schema}),
+        to_value(&VersionCreated {
+            version_id,
+            policy_id: id.to_owned(),
+            version,
+            content_sha256: sha,
+            schema_version: schema.to_owned(),
+        })?,
     ))
 }
 
@@ -205,13 +209,176 @@ pub async fn delete(
 pub fn validate_only(req: &AdminRequest) -> Result<Reply, ApiError> {
     let body: NewVersion = req.json()?;
     let schema = schema_version(body.schema_version.as_deref());
-    Ok(Reply::Json(
-        200,
-        match control_policy::validate_document(&body.content, schema) {
-            Ok(()) => json!({"valid": true}),
-            Err(e) => {
-                json!({"valid": false, "error": "invalid_rego", "error_description": e.code()})
-            }
+    let outcome = match control_policy::validate_document(&body.content, schema) {
+        Ok(()) => Validation {
+            valid: true,
+            error: None,
+            error_description: None,
         },
-    ))
+        Err(e) => Validation {
+            valid: false,
+            error: Some("invalid_rego".to_owned()),
+            error_description: Some(e.code()),
+        },
+    };
+    Ok(Reply::Json(200, to_value(&outcome)?))
+}
+
+/// The answer to a policy creation.
+#[derive(Debug, serde::Serialize, JsonSchema)]
+pub struct PolicyCreated {
+    /// Policy id.
+    pub id: String,
+    /// Its first version.
+    pub version_id: String,
+    /// Zone.
+    pub zone_id: String,
+    /// Name.
+    pub name: String,
+    /// Description.
+    pub description: Option<String>,
+    /// Version number (1).
+    pub version: i32,
+    /// Lowercase hex SHA-256 of the content.
+    pub content_sha256: String,
+    /// Schema version the document was validated against.
+    pub schema_version: String,
+}
+
+/// A policy with every version.
+#[derive(Debug, serde::Serialize, JsonSchema)]
+pub struct PolicyDetail {
+    /// The policy.
+    #[serde(flatten)]
+    pub row: PolicyRow,
+    /// Versions, oldest first.
+    pub versions: Vec<PolicyVersionRow>,
+}
+
+/// The answer to a new version.
+#[derive(Debug, serde::Serialize, JsonSchema)]
+pub struct VersionCreated {
+    /// Version id.
+    pub version_id: String,
+    /// Policy.
+    pub policy_id: String,
+    /// Version number.
+    pub version: i32,
+    /// Lowercase hex SHA-256 of the content.
+    pub content_sha256: String,
+    /// Schema version.
+    pub schema_version: String,
+}
+
+/// The answer of `POST /v1/policies/validate`.
+#[derive(Debug, serde::Serialize, JsonSchema)]
+pub struct Validation {
+    /// Whether the document is acceptable.
+    pub valid: bool,
+    /// `invalid_rego` when it is not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// The §5.1 description code.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error_description: Option<String>,
+}
+
+const INVALID_REGO: (u16, &str) = (422, "invalid_rego");
+
+/// The area's operations.
+pub const ROUTES: &[Route] = &[
+    Route {
+        method: Method::GET,
+        path: "/zones/{zone_id}/policies",
+        op: "policies.list",
+        summary: "List policies",
+        need: Need::Read,
+        scope: Scope::Zone,
+        body: None,
+        answer: Answer::Page(schema_of::<PolicyRow>),
+        query: &[],
+        refusals: &[(404, "zone_not_found")],
+    },
+    Route {
+        method: Method::POST,
+        path: "/zones/{zone_id}/policies",
+        op: "policies.create",
+        summary: "Create a policy from a validated document",
+        need: Need::Write,
+        scope: Scope::Zone,
+        body: Some(schema_of::<CreatePolicy>),
+        answer: Answer::Json(201, schema_of::<PolicyCreated>),
+        query: &[],
+        refusals: &[
+            (404, "zone_not_found"),
+            (409, "policy_name_taken"),
+            INVALID_REGO,
+        ],
+    },
+    Route {
+        method: Method::GET,
+        path: "/zones/{zone_id}/policies/{policy_id}",
+        op: "policies.get",
+        summary: "Read a policy and its versions",
+        need: Need::Read,
+        scope: Scope::Zone,
+        body: None,
+        answer: Answer::Json(200, schema_of::<PolicyDetail>),
+        query: &[],
+        refusals: &[(404, "policy_not_found")],
+    },
+    Route {
+        method: Method::DELETE,
+        path: "/zones/{zone_id}/policies/{policy_id}",
+        op: "policies.delete",
+        summary: "Archive a policy",
+        need: Need::Write,
+        scope: Scope::Zone,
+        body: None,
+        answer: Answer::NoContent,
+        query: &[],
+        refusals: &[(404, "policy_not_found")],
+    },
+    Route {
+        method: Method::POST,
+        path: "/zones/{zone_id}/policies/{policy_id}/versions",
+        op: "policies.add_version",
+        summary: "Add a validated version",
+        need: Need::Write,
+        scope: Scope::Zone,
+        body: Some(schema_of::<NewVersion>),
+        answer: Answer::Json(201, schema_of::<VersionCreated>),
+        query: &[],
+        refusals: &[(404, "policy_not_found"), INVALID_REGO],
+    },
+    Route {
+        method: Method::POST,
+        path: "/policies/validate",
+        op: "policies.validate",
+        summary: "Validate a document without storing it",
+        need: Need::Read,
+        scope: Scope::Any,
+        body: Some(schema_of::<NewVersion>),
+        answer: Answer::Json(200, schema_of::<Validation>),
+        query: &[],
+        refusals: &[],
+    },
+];
+
+/// Runs operation `op` with its path parameters.
+pub async fn handle(
+    api: &Api,
+    req: &AdminRequest,
+    op: &str,
+    p: &[&str],
+) -> Result<Reply, ApiError> {
+    match (op, p) {
+        ("policies.list", [z]) => list(api, req, z).await,
+        ("policies.create", [z]) => create(api, req, z).await,
+        ("policies.get", [z, id]) => get(api, z, id).await,
+        ("policies.delete", [z, id]) => delete(api, req, z, id).await,
+        ("policies.add_version", [z, id]) => add_version(api, req, z, id).await,
+        ("policies.validate", []) => validate_only(req),
+        _ => Err(unknown_op(op)),
+    }
 }

@@ -3,32 +3,39 @@
 use control_store::{
     admin::{
         Archivable,
-        zones::{self, NewZone, ZonePatch},
+        zones::{self, NewZone, ZonePatch, ZoneRow},
     },
     zone::zone_tx,
 };
+use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::json;
+
+use http::Method;
 
 use super::{Reply, check_len, is_unique_violation, open_zone, to_value};
 use crate::{
     audit::{self, Action},
+    auth::Need,
     error::{ApiError, Problem},
     request::{AdminRequest, page_body},
+    routes::{Answer, Route, Scope, schema_of, unknown_op},
     state::Api,
 };
 
-#[derive(Debug, Deserialize)]
+/// Body of `POST /zones`: `slug` matches `^[a-z0-9-]{1,63}$` (default: from the name).
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct CreateZone {
+pub struct CreateZone {
     name: String,
     slug: Option<String>,
     dcr_enabled: Option<bool>,
 }
 
-#[derive(Debug, Deserialize)]
+/// Body of `PATCH /zones/{id}`: `dcr_shutdown` is keep_live or revoke_live.
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct PatchZone {
+pub struct PatchZone {
     name: Option<String>,
     slug: Option<String>,
     dcr_enabled: Option<bool>,
@@ -215,10 +222,121 @@ pub async fn dcr_status(api: &Api, zone: &str) -> Result<Reply, ApiError> {
         .await?
         .ok_or_else(|| Problem::not_found("zone"))?;
     tx.commit().await?;
-    Ok(Reply::Json(
-        200,
-        json!({"zone_id": row.id, "dcr_enabled": row.dcr_enabled, "dcr_shutdown": row.dcr_shutdown}),
-    ))
+    let status = DcrStatus {
+        zone_id: row.id,
+        dcr_enabled: row.dcr_enabled,
+        dcr_shutdown: row.dcr_shutdown,
+    };
+    Ok(Reply::Json(200, to_value(&status)?))
+}
+
+/// `GET /zones/{z}/dcr-status`.
+#[derive(Debug, serde::Serialize, JsonSchema)]
+pub struct DcrStatus {
+    /// Zone.
+    pub zone_id: String,
+    /// DCR allowed.
+    pub dcr_enabled: bool,
+    /// What happens to live DCR sessions when DCR is turned off.
+    pub dcr_shutdown: Option<String>,
+}
+
+/// The area's operations.
+pub const ROUTES: &[Route] = &[
+    Route {
+        method: Method::GET,
+        path: "/zones",
+        op: "zones.list",
+        summary: "List zones (a zone token sees its own)",
+        need: Need::Read,
+        scope: Scope::Any,
+        body: None,
+        answer: Answer::Page(schema_of::<ZoneRow>),
+        query: &[],
+        refusals: &[],
+    },
+    Route {
+        method: Method::POST,
+        path: "/zones",
+        op: "zones.create",
+        summary: "Create a zone",
+        need: Need::Write,
+        scope: Scope::Global,
+        body: Some(schema_of::<CreateZone>),
+        answer: Answer::Json(201, schema_of::<ZoneRow>),
+        query: &[],
+        refusals: &[(400, "invalid_slug"), (409, "zone_slug_conflict")],
+    },
+    Route {
+        method: Method::GET,
+        path: "/zones/{zone_id}",
+        op: "zones.get",
+        summary: "Read a zone",
+        need: Need::Read,
+        scope: Scope::Zone,
+        body: None,
+        answer: Answer::Json(200, schema_of::<ZoneRow>),
+        query: &[],
+        refusals: &[(404, "zone_not_found")],
+    },
+    Route {
+        method: Method::PATCH,
+        path: "/zones/{zone_id}",
+        op: "zones.patch",
+        summary: "Change a zone",
+        need: Need::Write,
+        scope: Scope::Zone,
+        body: Some(schema_of::<PatchZone>),
+        answer: Answer::Json(200, schema_of::<ZoneRow>),
+        query: &[],
+        refusals: &[
+            (400, "invalid_slug"),
+            (404, "zone_not_found"),
+            (409, "zone_slug_conflict"),
+        ],
+    },
+    Route {
+        method: Method::DELETE,
+        path: "/zones/{zone_id}",
+        op: "zones.delete",
+        summary: "Archive a zone",
+        need: Need::Write,
+        scope: Scope::Zone,
+        body: None,
+        answer: Answer::NoContent,
+        query: &[],
+        refusals: &[(404, "zone_not_found")],
+    },
+    Route {
+        method: Method::GET,
+        path: "/zones/{zone_id}/dcr-status",
+        op: "zones.dcr_status",
+        summary: "Dynamic client registration status",
+        need: Need::Read,
+        scope: Scope::Zone,
+        body: None,
+        answer: Answer::Json(200, schema_of::<DcrStatus>),
+        query: &[],
+        refusals: &[(404, "zone_not_found")],
+    },
+];
+
+/// Runs operation `op` with its path parameters.
+pub async fn handle(
+    api: &Api,
+    req: &AdminRequest,
+    op: &str,
+    p: &[&str],
+) -> Result<Reply, ApiError> {
+    match (op, p) {
+        ("zones.list", []) => list(api, req).await,
+        ("zones.create", []) => create(api, req).await,
+        ("zones.get", [z]) => get(api, z).await,
+        ("zones.patch", [z]) => patch(api, req, z).await,
+        ("zones.delete", [z]) => delete(api, req, z).await,
+        ("zones.dcr_status", [z]) => dcr_status(api, z).await,
+        _ => Err(unknown_op(op)),
+    }
 }
 
 #[cfg(test)]

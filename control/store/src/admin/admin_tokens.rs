@@ -7,7 +7,7 @@ use sqlx::PgConnection;
 use super::page::{After, Keyed, Page, PageRequest, bounds};
 
 /// A token row without its hashes (what the API shows).
-#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]
+#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize, schemars::JsonSchema)]
 pub struct AdminTokenRow {
     /// Id.
     pub id: String,

@@ -6,7 +6,7 @@ use sqlx::PgConnection;
 use super::page::{After, Keyed, Page, PageRequest, bounds};
 
 /// An application row as the admin API returns it (the secret hash never leaves the store).
-#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]
+#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize, schemars::JsonSchema)]
 pub struct AdminApplicationRow {
     /// Id.
     pub id: String,

@@ -6,7 +6,7 @@ use sqlx::PgConnection;
 use super::page::{After, Keyed, Page, PageRequest, bounds};
 
 /// A policy row with its newest version number.
-#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]
+#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize, schemars::JsonSchema)]
 pub struct PolicyRow {
     /// Id.
     pub id: String,
@@ -34,7 +34,7 @@ impl Keyed for PolicyRow {
 }
 
 /// A version row.
-#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]
+#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize, schemars::JsonSchema)]
 pub struct PolicyVersionRow {
     /// Id.
     pub id: String,

@@ -6,7 +6,7 @@ use sqlx::PgConnection;
 use super::page::{After, Keyed, Page, PageRequest, bounds};
 
 /// A zone row.
-#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]
+#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize, schemars::JsonSchema)]
 pub struct ZoneRow {
     /// Id.
     pub id: String,

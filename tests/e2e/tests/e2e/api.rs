@@ -788,3 +788,60 @@ async fn policies_are_validated_before_they_are_stored_and_versioned() -> anyhow
     api.stop().await;
     Ok(())
 }
+
+#[tokio::test]
+async fn operator_endpoints_answer_without_a_token() -> anyhow::Result<()> {
+    let (_db, api) = start().await?;
+    assert_eq!(http::get(api.addr, "/health").await?.status, 200);
+    let ready = http::get(api.addr, "/ready").await?;
+    assert_eq!(ready.status, 200);
+    assert_eq!(ready.json()?, json!({"ok": true, "ready": true}));
+    api.admin("GET", "/v1/zones", None).await?;
+    let metrics = http::get(api.addr, "/metrics").await?;
+    let text = String::from_utf8_lossy(&metrics.body).into_owned();
+    assert!(text.contains("caracal_api_requests_total"), "{text}");
+    assert!(text.contains("caracal_api_outbox_pending 0"), "{text}");
+    api.stop().await;
+    Ok(())
+}
+
+/// The route table is what is served: every documented operation reaches its handler (an
+/// unknown id answers the area's `<thing>_not_found` or a validation error, never the
+/// router's `not_found` or `method_not_allowed`).
+#[tokio::test]
+async fn every_route_in_the_table_is_served() -> anyhow::Result<()> {
+    let (_db, api) = start().await?;
+    let zone = create_zone(&api, "Routes").await?;
+    let mut checked = 0;
+    for route in control_api::server::routes() {
+        let mut path = format!("/v1{}", route.path);
+        path = path.replace("{zone_id}", &zone);
+        while let (Some(open), Some(close)) = (path.find('{'), path.find('}')) {
+            path.replace_range(open..=close, "missing-id");
+        }
+        let body = route.body.map(|_| json!({}));
+        let resp = api
+            .admin(route.method.as_str(), &path, body.as_ref())
+            .await?;
+        let code = resp
+            .json()
+            .map(|b| b["error"].clone())
+            .unwrap_or(Value::Null);
+        assert!(
+            code != "not_found" && code != "method_not_allowed",
+            "{} {path}: {code}",
+            route.method
+        );
+        checked += 1;
+    }
+    assert!(checked >= 20, "{checked} routes");
+    let ops: std::collections::HashSet<&str> =
+        control_api::server::routes().map(|r| r.op).collect();
+    assert_eq!(
+        ops.len(),
+        control_api::server::routes().count(),
+        "operation ids are unique"
+    );
+    api.stop().await;
+    Ok(())
+}
