@@ -6,8 +6,16 @@
 pub mod admin_audit;
 pub mod admin_tokens;
 pub mod applications;
+pub mod approvals;
+pub mod grants;
 pub mod page;
 pub mod policies;
+pub mod policy_sets;
+pub mod providers;
+pub mod resources;
+pub mod subject_issuers;
+pub mod subjects;
+pub mod views;
 pub mod zones;
 
 /// Tables whose rows the admin API archives instead of deleting.

@@ -10,6 +10,9 @@
 )]
 
 mod api;
+mod api_access;
+mod api_policy_sets;
+mod api_providers;
 mod fixtures;
 mod grants;
 mod integrity;

@@ -1,0 +1,1 @@
+//! Admin API statements for the `grants` area (being written).

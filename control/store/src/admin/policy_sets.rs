@@ -1,0 +1,1 @@
+//! Admin API statements for the `policy_sets` area (being written).

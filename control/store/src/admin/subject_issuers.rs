@@ -1,0 +1,1 @@
+//! Admin API statements for the `subject_issuers` area (being written).

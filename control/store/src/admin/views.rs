@@ -1,0 +1,1 @@
+//! Admin API statements for the `views` area (being written).
