@@ -4,7 +4,7 @@
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: ci services toolchain fmt fmt-check lint test e2e conformance plugins fuzz-smoke bench clean-test-dbs
+.PHONY: ci services toolchain fmt fmt-check lint test e2e conformance plugins fuzz-smoke bench clean-test-dbs openapi
 
 ci: toolchain services fmt-check lint test conformance
 
@@ -33,10 +33,17 @@ test: clean-test-dbs
 e2e: services clean-test-dbs
 	$(CARGO) test -p tests-e2e --locked
 
-# The real Caracal 1.0 Python clients (Python 3.12 venv) against our servers.
+# Rewrites docs/openapi.json from the route tables (a test fails while it is stale).
+openapi:
+	UPDATE_OPENAPI=1 $(CARGO) test -p control-api --lib --locked -- openapi_document_is_committed
+
+# The real Caracal 1.0 Python clients (Python 3.12 venv) against our servers, and
+# schemathesis against the admin API's OpenAPI document.
 conformance: services clean-test-dbs
 	scripts/conformance-venv.sh
+	scripts/conformance-venv.sh tests/api-fuzz
 	$(CARGO) test -p tests-e2e --test conformance --locked -- --nocapture
+	$(CARGO) test -p tests-e2e --test schemathesis --locked -- --nocapture
 
 # Short coverage-guided runs of every fuzz target (nightly toolchain, cargo-fuzz from
 # crates.io). FUZZ_SECONDS per target, default 20.

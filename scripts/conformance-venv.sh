@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# Create tests/conformance/.venv with Python 3.12 and the exact pins of
-# tests/conformance/requirements.txt. Idempotent: a no-op when the venv was built from the
+# Create <dir>/.venv with Python 3.12 and the exact pins of <dir>/requirements.txt, where
+# <dir> is the first argument (default tests/conformance; tests/api-fuzz holds schemathesis).
+# Idempotent: a no-op when the venv was built from the
 # current requirements (their SHA-256 is stored inside the venv); rebuilt from scratch when
 # they change. Python 3.12 comes from $CONFORMANCE_PYTHON, pyenv (3.12.x) or python3.12.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-venv=tests/conformance/.venv
-req=tests/conformance/requirements.txt
+dir=${1:-tests/conformance}
+venv=$dir/.venv
+req=$dir/requirements.txt
 stamp=$venv/.requirements.sha256
 want=$(sha256sum "$req" | cut -d' ' -f1)
 

@@ -5,7 +5,8 @@
 //! its SHA-256 and verified with Argon2id. A verified (row, PHC, token) triple is cached for
 //! a minute so Argon2id runs once per token per minute; the row itself is read on every
 //! request, so a revocation or expiry takes effect at once. Repeated failures from one
-//! address are refused with 429 for a minute.
+//! address (`CARACAL_API_AUTH_FAILURES_PER_MINUTE`, default 20) are refused with 429 for a
+//! minute.
 
 use std::{net::IpAddr, sync::Arc, time::Duration};
 
@@ -18,8 +19,6 @@ use crate::{
     state::Api,
 };
 
-/// Failures per address per minute before the address is refused.
-const FAILURES_PER_MINUTE: u32 = 20;
 /// Prefix of minted admin tokens.
 pub const TOKEN_PREFIX: &str = "cat_";
 
@@ -134,11 +133,9 @@ pub async fn authenticate(
     peer: Option<IpAddr>,
 ) -> Result<Principal, ApiError> {
     if let Some(ip) = peer
-        && api
-            .auth_failures
-            .get(&ip)
-            .await
-            .is_some_and(|n| n.load(std::sync::atomic::Ordering::Relaxed) >= FAILURES_PER_MINUTE)
+        && api.auth_failures.get(&ip).await.is_some_and(|n| {
+            n.load(std::sync::atomic::Ordering::Relaxed) >= api.config.auth_failures_per_minute
+        })
     {
         return Err(Problem::new(429, "rate_limited", "too many failed authentications").into());
     }

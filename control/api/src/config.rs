@@ -27,6 +27,9 @@ pub struct ApiConfig {
     pub audit_hmac_key: Option<HmacKey>,
     /// `CARACAL_API_MAX_CONNECTIONS` (default 1024).
     pub max_connections: usize,
+    /// `CARACAL_API_AUTH_FAILURES_PER_MINUTE` (default 20, 1..1000000): failed
+    /// authentications from one address before it is refused for the rest of the minute.
+    pub auth_failures_per_minute: u32,
     /// `METRICS_BEARER`: when set, `/metrics` needs it.
     pub metrics_bearer: Option<Zeroizing<String>>,
     /// `STREAMS_HMAC_KEY`: signs the stream messages the outbox publishes (`_sig`).
@@ -116,8 +119,23 @@ impl ApiConfig {
                     )
                 })?,
         };
+        let auth_failures_per_minute = match lookup("CARACAL_API_AUTH_FAILURES_PER_MINUTE") {
+            None => 20,
+            Some(raw) => raw
+                .trim()
+                .parse::<u32>()
+                .ok()
+                .filter(|v| (1..=1_000_000).contains(v))
+                .ok_or_else(|| {
+                    ConfigError(
+                        "CARACAL_API_AUTH_FAILURES_PER_MINUTE must be an integer between 1 and 1000000"
+                            .to_owned(),
+                    )
+                })?,
+        };
         Ok(Self {
             bind,
+            auth_failures_per_minute,
             redis_url: lookup("REDIS_URL").unwrap_or_else(|| "redis://127.0.0.1:6379".to_owned()),
             instance_id: lookup("CARACAL_INSTANCE_ID").unwrap_or_else(hostname),
             bootstrap_token,

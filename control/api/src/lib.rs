@@ -18,6 +18,7 @@ pub mod auth;
 pub mod config;
 pub mod error;
 pub mod metrics;
+pub mod openapi;
 pub mod ops;
 pub mod request;
 pub mod routes;

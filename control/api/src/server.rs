@@ -21,6 +21,9 @@ use crate::{
 };
 use control_http::{Body, respond};
 
+/// The OpenAPI document, generated on first request.
+static OPENAPI: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
 /// The body limit of `/v1` requests (1 MiB).
 pub const MAX_BODY: usize = 1024 * 1024;
 
@@ -111,6 +114,16 @@ async fn admin(
         principal,
     };
     let segs: Vec<&str> = segments.iter().map(String::as_str).collect();
+    if segs == ["openapi.json"] {
+        if request.method != Method::GET {
+            return Err(wrong_method().into());
+        }
+        return Ok(respond::bytes(
+            200,
+            "application/json",
+            bytes::Bytes::from(OPENAPI.get_or_init(crate::openapi::document_text).clone()),
+        ));
+    }
     match dispatch(api, &request, &segs).await? {
         Reply::Json(status, value) => Ok(respond::json(status, &value)),
         Reply::NoContent => Ok(respond::empty(204)),

@@ -29,7 +29,11 @@ use crate::{
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateToken {
+    /// Display name, 1 to 256 characters.
+    #[schemars(length(min = 1, max = 256))]
     name: String,
+    /// `read`, `write` or `approve`.
+    #[schemars(regex(pattern = r"^(read|write|approve)$"))]
     capability: String,
     zone_id: Option<String>,
     expires_at: Option<DateTime<Utc>>,

@@ -40,8 +40,14 @@ const DCR_MAX_TTL: i64 = 30 * 86_400;
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateApplication {
+    /// Display name, 1 to 256 characters.
+    #[schemars(length(min = 1, max = 256))]
     name: String,
+    /// Only `managed`.
+    #[schemars(regex(pattern = r"^managed$"))]
     registration_method: Option<String>,
+    /// Traits (at most 32, each 1 to 128 printable ASCII characters).
+    #[schemars(length(max = 32), inner(regex(pattern = r"^[!-~]{1,128}$")))]
     traits: Option<Vec<String>>,
 }
 
@@ -49,8 +55,14 @@ pub struct CreateApplication {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PatchApplication {
+    /// Display name, 1 to 256 characters.
+    #[schemars(length(min = 1, max = 256))]
     name: Option<String>,
+    /// A new secret chosen by the caller: 16 to 512 printable ASCII characters.
+    #[schemars(regex(pattern = r"^[!-~]{16,512}$"))]
     client_secret: Option<String>,
+    /// Traits (at most 32, each 1 to 128 printable ASCII characters).
+    #[schemars(length(max = 32), inner(regex(pattern = r"^[!-~]{1,128}$")))]
     traits: Option<Vec<String>>,
 }
 
@@ -58,7 +70,11 @@ pub struct PatchApplication {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateDcr {
+    /// Display name, 1 to 256 characters.
+    #[schemars(length(min = 1, max = 256))]
     name: String,
+    /// Lifetime in seconds (default 86400).
+    #[schemars(range(min = 60, max = 2_592_000))]
     expires_in: Option<i64>,
 }
 

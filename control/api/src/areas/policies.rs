@@ -26,8 +26,14 @@ use crate::{
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreatePolicy {
+    /// Display name, 1 to 256 characters.
+    #[schemars(length(min = 1, max = 256))]
     name: String,
+    /// The Rego data document.
+    #[schemars(length(max = 262_144))]
     content: String,
+    /// Description, at most 4096 characters.
+    #[schemars(length(max = 4096))]
     description: Option<String>,
     schema_version: Option<String>,
 }

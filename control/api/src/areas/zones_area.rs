@@ -27,8 +27,13 @@ use crate::{
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateZone {
+    /// Display name, 1 to 256 characters.
+    #[schemars(length(min = 1, max = 256))]
     name: String,
+    /// Unique slug; default: from the name.
+    #[schemars(regex(pattern = r"^[a-z0-9-]{1,63}$"))]
     slug: Option<String>,
+    /// Allow dynamic client registration (default false).
     dcr_enabled: Option<bool>,
 }
 
@@ -36,9 +41,16 @@ pub struct CreateZone {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PatchZone {
+    /// Display name, 1 to 256 characters.
+    #[schemars(length(min = 1, max = 256))]
     name: Option<String>,
+    /// Unique slug.
+    #[schemars(regex(pattern = r"^[a-z0-9-]{1,63}$"))]
     slug: Option<String>,
+    /// Allow dynamic client registration.
     dcr_enabled: Option<bool>,
+    /// What happens to live DCR sessions when DCR is turned off.
+    #[schemars(regex(pattern = r"^(keep_live|revoke_live)$"))]
     dcr_shutdown: Option<String>,
     operator_coauthor_badge: Option<bool>,
     operator_governed: Option<bool>,
