@@ -182,3 +182,29 @@ def make_exchanger(core: Core):
             return ex
 
         yield make
+
+
+@dataclass(frozen=True)
+class Admin:
+    api_url: str
+    token: str
+
+
+@pytest.fixture(scope="session")
+def admin_env() -> Admin:
+    v = env_values("admin", ["CONFORMANCE_API_URL", "CONFORMANCE_ADMIN_TOKEN"])
+    return Admin(api_url=v["CONFORMANCE_API_URL"].rstrip("/"), token=v["CONFORMANCE_ADMIN_TOKEN"])
+
+
+@pytest.fixture
+def admin_client(admin_env: Admin):
+    """The real caracalai-admin 1.0 AdminClient against our API, closed afterwards."""
+    from caracalai_admin import AdminClient
+
+    client = AdminClient(api_url=admin_env.api_url, admin_token=admin_env.token)
+    try:
+        yield client
+    finally:
+        close = getattr(client, "close", None)
+        if callable(close):
+            close()

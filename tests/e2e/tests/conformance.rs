@@ -29,7 +29,7 @@ approval_tiers := [{"tier": "high", "approver": "operator"}]
 
 /// The groups this server implements.
 const REQUIRED_GROUPS: &str =
-    "core,delegated,zone,control,ratelimit,unavailable,approval,federation";
+    "core,delegated,zone,control,ratelimit,unavailable,approval,federation,admin";
 
 /// `audience` of the zone's subject issuer (the Python test signs id_tokens for it).
 const FEDERATION_AUDIENCE: &str = "conformance-audience";
@@ -116,6 +116,13 @@ async fn conformance_python_clients_against_the_sts() -> anyhow::Result<()> {
         .await?;
     }
     let sts = StsFixture::start(&db).await?;
+    // The admin API on the same database; the Python client retries failed logins, so the
+    // per-address limit is out of the way.
+    let api = tests_harness::api::ApiFixture::start_with(
+        &db,
+        &[("CARACAL_API_AUTH_FAILURES_PER_MINUTE", "1000000")],
+    )
+    .await?;
 
     // A second STS whose database disappears under it: its mints answer 503 sts_unavailable.
     let doomed = TestDb::migrated().await?;
@@ -162,6 +169,11 @@ async fn conformance_python_clients_against_the_sts() -> anyhow::Result<()> {
             "CONFORMANCE_FEDERATION_AUDIENCE",
             FEDERATION_AUDIENCE.into(),
         ),
+        ("CONFORMANCE_API_URL", format!("http://{}", api.addr)),
+        (
+            "CONFORMANCE_ADMIN_TOKEN",
+            tests_harness::api::BOOTSTRAP_TOKEN.into(),
+        ),
         ("CONFORMANCE_REQUIRE", REQUIRED_GROUPS.into()),
     ];
     let output = tokio::task::spawn_blocking(move || {
@@ -177,6 +189,7 @@ async fn conformance_python_clients_against_the_sts() -> anyhow::Result<()> {
     let stderr = String::from_utf8_lossy(&output.stderr);
     println!("{stdout}\n{stderr}");
     sts.stop().await;
+    api.stop().await;
     unavailable.stop().await;
     assert!(
         output.status.success(),
