@@ -36,6 +36,9 @@ pub struct ApiConfig {
     pub streams_hmac_key: Option<HmacKey>,
     /// The outbox dispatcher (`OUTBOX_*`, `STREAMS_MAXLEN`; storage §7.3).
     pub outbox: control_events::outbox::OutboxConfig,
+    /// Outbox retention: `OUTBOX_RETENTION_DAYS` (7), `OUTBOX_DEAD_RETENTION_DAYS` (30),
+    /// `OUTBOX_RETENTION_INTERVAL_SECONDS` (3600).
+    pub retention: crate::retention::RetentionConfig,
 }
 
 impl std::fmt::Debug for ApiConfig {
@@ -133,8 +136,36 @@ impl ApiConfig {
                     )
                 })?,
         };
+        let number = |var: &str, default: u64, max: u64| -> Result<u64, ConfigError> {
+            match lookup(var) {
+                None => Ok(default),
+                Some(raw) => raw
+                    .trim()
+                    .parse::<u64>()
+                    .ok()
+                    .filter(|v| (1..=max).contains(v))
+                    .ok_or_else(|| {
+                        ConfigError(format!("{var} must be an integer between 1 and {max}"))
+                    }),
+            }
+        };
+        const DAY: u64 = 86_400;
+        let retention = crate::retention::RetentionConfig {
+            published: std::time::Duration::from_secs(
+                number("OUTBOX_RETENTION_DAYS", 7, 3650)? * DAY,
+            ),
+            dead: std::time::Duration::from_secs(
+                number("OUTBOX_DEAD_RETENTION_DAYS", 30, 3650)? * DAY,
+            ),
+            interval: std::time::Duration::from_secs(number(
+                "OUTBOX_RETENTION_INTERVAL_SECONDS",
+                3600,
+                DAY,
+            )?),
+        };
         Ok(Self {
             bind,
+            retention,
             auth_failures_per_minute,
             redis_url: lookup("REDIS_URL").unwrap_or_else(|| "redis://127.0.0.1:6379".to_owned()),
             instance_id: lookup("CARACAL_INSTANCE_ID").unwrap_or_else(hostname),

@@ -21,6 +21,7 @@ pub mod metrics;
 pub mod openapi;
 pub mod ops;
 pub mod request;
+pub mod retention;
 pub mod routes;
 pub mod server;
 pub mod state;
@@ -138,6 +139,11 @@ pub async fn start_with_listener(
         outbox,
     });
     let outbox_task = dispatcher.spawn(shutdown_rx.clone());
+    let retention_task = tokio::spawn(retention::run(
+        api.pool.clone(),
+        api.config.retention,
+        shutdown_rx.clone(),
+    ));
     let serve = tokio::spawn(control_http::serve(
         listener,
         serve_config,
@@ -148,7 +154,7 @@ pub async fn start_with_listener(
     Ok(ApiHandle {
         addr,
         shutdown,
-        tasks: vec![serve, outbox_task],
+        tasks: vec![serve, outbox_task, retention_task],
     })
 }
 

@@ -173,7 +173,7 @@ macro_rules! outbox_statements {
             purge: concat!(
                 "DELETE FROM caracal.", $table, " \
                   WHERE id IN (SELECT id FROM caracal.", $table, " \
-                                WHERE status = 'published' AND updated_at < $1 \
+                                WHERE status = $4 AND updated_at < $1 \
                                   AND ($2::text IS NULL OR producer = $2) \
                                 LIMIT $3 FOR UPDATE SKIP LOCKED)"
             ),
@@ -339,8 +339,26 @@ pub async fn stats(
     })
 }
 
-/// Retention (storage §11): deletes at most `limit` `published` rows last updated before
-/// `cutoff`, of one producer or (`None`) all. Pending and dead rows are never touched.
+/// Which finished rows retention deletes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Finished {
+    /// `published` rows (`OUTBOX_RETENTION_DAYS`).
+    Published,
+    /// `dead` rows (`OUTBOX_DEAD_RETENTION_DAYS`).
+    Dead,
+}
+
+impl Finished {
+    fn status(self) -> &'static str {
+        match self {
+            Finished::Published => "published",
+            Finished::Dead => "dead",
+        }
+    }
+}
+
+/// Retention (storage §11): deletes at most `limit` rows in state `finished` last updated
+/// before `cutoff`, of one producer or (`None`) all. Pending rows are never touched.
 /// Returns how many were deleted; call again while it returns `limit`.
 ///
 /// Needs DELETE on the table: `caracal_api` and `caracal_coordinator` have it,
@@ -348,6 +366,7 @@ pub async fn stats(
 pub async fn purge(
     conn: &mut PgConnection,
     table: OutboxTable,
+    finished: Finished,
     cutoff: chrono::DateTime<chrono::Utc>,
     producer: Option<&str>,
     limit: i64,
@@ -356,6 +375,7 @@ pub async fn purge(
         .bind(cutoff)
         .bind(producer)
         .bind(limit)
+        .bind(finished.status())
         .execute(conn)
         .await?;
     Ok(done.rows_affected())

@@ -845,3 +845,48 @@ async fn every_route_in_the_table_is_served() -> anyhow::Result<()> {
     api.stop().await;
     Ok(())
 }
+
+/// Storage §11: the API's retention deletes old published and old dead rows of every
+/// producer of `event_outbox`, and never a pending row.
+#[tokio::test]
+async fn outbox_retention_deletes_only_old_finished_rows() -> anyhow::Result<()> {
+    let db = TestDb::migrated().await?;
+    let mut admin = db.admin().await?;
+    let rows = [
+        ("old-published-sts", "sts", "published", 8),
+        ("old-published-api", "api", "published", 8),
+        ("new-published", "api", "published", 1),
+        ("old-dead", "api", "dead", 31),
+        ("young-dead", "sts", "dead", 8),
+        ("old-pending", "api", "pending", 60),
+    ];
+    for (id, producer, status, days) in rows {
+        sqlx::query(
+            "INSERT INTO caracal.event_outbox (id, producer, topic, payload_json, status, published_at, \
+               created_at, updated_at) \
+             VALUES ($1, $2, 'retention.test', '{}', $3, CASE WHEN $3 = 'published' THEN now() END, \
+               now() - make_interval(days => $4), now() - make_interval(days => $4))",
+        )
+        .bind(id)
+        .bind(producer)
+        .bind(status)
+        .bind(days)
+        .execute(&mut admin)
+        .await?;
+    }
+    let pool = db.service_pool(control_store::ServiceRole::Api).await?;
+    let config = control_api::retention::RetentionConfig {
+        published: std::time::Duration::from_secs(7 * 86_400),
+        dead: std::time::Duration::from_secs(30 * 86_400),
+        interval: std::time::Duration::from_secs(3600),
+    };
+    assert_eq!(control_api::retention::sweep(&pool, &config).await?, (2, 1));
+    let left: Vec<String> = sqlx::query_scalar(
+        "SELECT id FROM caracal.event_outbox WHERE topic = 'retention.test' ORDER BY id",
+    )
+    .fetch_all(&mut admin)
+    .await?;
+    assert_eq!(left, vec!["new-published", "old-pending", "young-dead"]);
+    assert_eq!(control_api::retention::sweep(&pool, &config).await?, (0, 0));
+    Ok(())
+}

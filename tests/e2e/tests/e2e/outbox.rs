@@ -13,7 +13,7 @@ use control_events::outbox::{
 };
 use control_store::{
     ServiceRole,
-    outbox::{self, ClaimRequest, OutboxMessage, OutboxTable},
+    outbox::{self, ClaimRequest, Finished, OutboxMessage, OutboxTable},
 };
 use serde_json::{Value, json};
 use sqlx::{PgPool, Row};
@@ -646,9 +646,16 @@ async fn purge_removes_only_published_rows_older_than_the_cutoff() -> anyhow::Re
     // The STS has no DELETE on event_outbox (storage §2.3): its retention must run elsewhere.
     let mut sts_conn = pool.acquire().await?;
     assert!(
-        outbox::purge(&mut sts_conn, OutboxTable::Event, cutoff, Some("sts"), 100)
-            .await
-            .is_err()
+        outbox::purge(
+            &mut sts_conn,
+            OutboxTable::Event,
+            Finished::Published,
+            cutoff,
+            Some("sts"),
+            100
+        )
+        .await
+        .is_err()
     );
     drop(sts_conn);
 
@@ -656,15 +663,39 @@ async fn purge_removes_only_published_rows_older_than_the_cutoff() -> anyhow::Re
     let mut conn = api.acquire().await?;
     // Limited to one producer, then to all, in batches.
     assert_eq!(
-        outbox::purge(&mut conn, OutboxTable::Event, cutoff, Some("sts"), 100).await?,
+        outbox::purge(
+            &mut conn,
+            OutboxTable::Event,
+            Finished::Published,
+            cutoff,
+            Some("sts"),
+            100
+        )
+        .await?,
         1
     );
     assert_eq!(
-        outbox::purge(&mut conn, OutboxTable::Event, cutoff, None, 100).await?,
+        outbox::purge(
+            &mut conn,
+            OutboxTable::Event,
+            Finished::Published,
+            cutoff,
+            None,
+            100
+        )
+        .await?,
         1
     );
     assert_eq!(
-        outbox::purge(&mut conn, OutboxTable::Event, cutoff, None, 100).await?,
+        outbox::purge(
+            &mut conn,
+            OutboxTable::Event,
+            Finished::Published,
+            cutoff,
+            None,
+            100
+        )
+        .await?,
         0
     );
     let left: Vec<String> =
@@ -672,10 +703,31 @@ async fn purge_removes_only_published_rows_older_than_the_cutoff() -> anyhow::Re
             .bind(&stream)
             .fetch_all(&mut admin)
             .await?;
-    let mut expected = vec![new_published, old_pending, old_dead];
+    let mut expected = vec![new_published.clone(), old_pending.clone(), old_dead];
     expected.sort();
     assert_eq!(left, expected);
     assert!(!left.contains(&old_published));
+    // Dead rows have their own horizon.
+    assert_eq!(
+        outbox::purge(
+            &mut conn,
+            OutboxTable::Event,
+            Finished::Dead,
+            cutoff,
+            None,
+            100
+        )
+        .await?,
+        1
+    );
+    let left: Vec<String> =
+        sqlx::query_scalar("SELECT id FROM caracal.event_outbox WHERE topic = $1 ORDER BY id")
+            .bind(&stream)
+            .fetch_all(&mut admin)
+            .await?;
+    let mut expected = vec![new_published, old_pending];
+    expected.sort();
+    assert_eq!(left, expected);
     delete_stream(&stream).await;
     Ok(())
 }
