@@ -106,3 +106,59 @@ def test_a_read_token_reads_but_cannot_change(admin_env, admin_client):
     with pytest.raises(AdminApiError) as unauthenticated:
         bad.zones.list()
     assert (unauthenticated.value.status, unauthenticated.value.code) == (401, "invalid_admin_token")
+
+
+def test_full_provisioning_flow_reaches_loaded_and_the_application_mints(admin_client, make_exchanger):
+    """wire-contract §8.2: provision zone → application → provider → resource → policy →
+    policy set → activation with the real client, poll activation-status until `loaded`,
+    then mint with caracalai-oauth as the new application."""
+    import time
+
+    from caracalai_admin import ResourceGrant, author_grants_document, provider_identifier
+
+    slug = unique("flow")
+    zone = admin_client.zones.create({"name": "Flow", "slug": slug})["id"]
+    app = admin_client.applications.create(zone, {"name": "anton", "registration_method": "managed", "traits": []})
+    provider = admin_client.providers.create(
+        zone, {"name": "echo", "identifier": provider_identifier("echo"), "kind": "none"}
+    )
+    resource = admin_client.resources.create(
+        zone,
+        {
+            "name": "pipernet",
+            "identifier": "resource://pipernet",
+            "upstream_url": "http://127.0.0.1:9/",
+            "scopes": ["data:read"],
+            "credential_provider_id": provider["id"],
+            "operations": [{"method": "GET", "path": "/", "scope": "data:read"}],
+            "operation_enforcement": "enforced",
+        },
+    )
+    assert resource["identifier"] == "resource://pipernet"
+    content = author_grants_document(
+        [ResourceGrant(application_id=app["id"], resource_identifier=resource["identifier"], scopes=["data:read"])]
+    )
+    policy = admin_client.policies.create(zone, {"name": "application-grants", "content": content})
+    policy_set = admin_client.policy_sets.create(zone, "application-grant-policy")
+    version = admin_client.policy_sets.add_version(
+        zone, policy_set["id"], [{"policy_version_id": policy["version_id"]}]
+    )
+    activation = admin_client.policy_sets.activate(zone, policy_set["id"], version["version_id"])
+    assert activation["activated"] is True and activation["outbox_id"]
+
+    deadline = time.monotonic() + 60
+    while True:
+        status = admin_client.policy_sets.activation_status(
+            zone, policy_set["id"], version_id=activation["version_id"], outbox_id=activation["outbox_id"]
+        )
+        state = status["propagation_status"]
+        if state == "loaded":
+            break
+        assert state != "failed", status
+        assert time.monotonic() < deadline, f"activation did not load: {status}"
+        time.sleep(0.25)
+
+    exchanger = make_exchanger(
+        zone_id=zone, app_id=app["id"], secret=app["client_secret"], resources=[resource["identifier"]]
+    )
+    assert exchanger.get_token().count(".") == 2

@@ -36,6 +36,9 @@ pub struct ApiConfig {
     pub streams_hmac_key: Option<HmacKey>,
     /// The outbox dispatcher (`OUTBOX_*`, `STREAMS_MAXLEN`; storage §7.3).
     pub outbox: control_events::outbox::OutboxConfig,
+    /// `CARACAL_POLICY_EVAL_TIMEOUT_MS` (default 20, 1..1000): the evaluation limit of the
+    /// bundles the API builds to check a set version and to simulate.
+    pub policy: control_policy::PolicyConfig,
     /// Outbox retention: `OUTBOX_RETENTION_DAYS` (7), `OUTBOX_DEAD_RETENTION_DAYS` (30),
     /// `OUTBOX_RETENTION_INTERVAL_SECONDS` (3600).
     pub retention: crate::retention::RetentionConfig,
@@ -163,8 +166,15 @@ impl ApiConfig {
                 DAY,
             )?),
         };
+        let policy = control_policy::PolicyConfig::with_eval_timeout_ms(number(
+            "CARACAL_POLICY_EVAL_TIMEOUT_MS",
+            20,
+            1000,
+        )?)
+        .map_err(|e| ConfigError(e.to_string()))?;
         Ok(Self {
             bind,
+            policy,
             retention,
             auth_failures_per_minute,
             redis_url: lookup("REDIS_URL").unwrap_or_else(|| "redis://127.0.0.1:6379".to_owned()),

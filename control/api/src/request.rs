@@ -50,7 +50,15 @@ impl AdminRequest {
                 "request body must be application/json",
             ));
         }
-        serde_json::from_slice(&self.body).map_err(|e| describe(&e))
+        let value: Value = serde_json::from_slice(&self.body).map_err(|e| describe(&e))?;
+        // Postgres text cannot hold NUL: refuse it here, as bad input, for every field.
+        if holds_nul(&value) {
+            return Err(Problem::invalid_body(
+                "",
+                "strings may not contain NUL characters",
+            ));
+        }
+        serde_json::from_value(value).map_err(|e| describe(&e))
     }
 
     /// The single value of query parameter `name`.
@@ -130,6 +138,16 @@ fn decode_cursor(raw: &str) -> Option<After> {
     })
 }
 
+/// Whether any string (or key) in `value` contains U+0000.
+fn holds_nul(value: &Value) -> bool {
+    match value {
+        Value::String(s) => s.contains('\0'),
+        Value::Array(items) => items.iter().any(holds_nul),
+        Value::Object(map) => map.iter().any(|(k, v)| k.contains('\0') || holds_nul(v)),
+        Value::Null | Value::Bool(_) | Value::Number(_) => false,
+    }
+}
+
 /// A serde error as an issue, naming fields but never echoing values.
 fn describe(err: &serde_json::Error) -> Problem {
     let text = err.to_string();
@@ -145,11 +163,7 @@ fn describe(err: &serde_json::Error) -> Problem {
             err.column()
         )
     } else {
-        format!(
-            "a value has the wrong type or range at line {} column {}",
-            err.line(),
-            err.column()
-        )
+        "a value has the wrong type or range".to_owned()
     };
     Problem::invalid_body("", message)
 }

@@ -222,30 +222,110 @@ pub struct SubjectDecision<'a> {
 
 /// Records a subject decision on a pending hold and notifies `caracal_approval_decided`,
 /// both inside the caller's transaction, so the notification fires only if the decision
-/// commits. The update lands only on a live `human_approval` hold that is neither decided
-/// nor consumed nor expired; `None` means no hold changed (the caller answers 409). Returns
-/// the decided row and its `metadata_json`.
+/// commits. The update lands only on a live `human_approval` hold of class `subject` or
+/// `any` that is neither decided nor consumed nor expired; `None` means no hold changed
+/// (the caller answers 409). Returns the decided row and its `metadata_json`.
 pub async fn decide_by_subject(
     conn: &mut PgConnection,
     decision: &SubjectDecision<'_>,
+) -> Result<Option<(ApprovalRow, serde_json::Value)>, sqlx::Error> {
+    decide(
+        conn,
+        &Transition {
+            id: decision.id,
+            zone_id: decision.zone_id,
+            approve: decision.approve,
+            classes: &["subject", "any"],
+            decided_by: decision.approver_subject_id,
+            approver_subject_id: Some(decision.approver_subject_id),
+            approver_authority_record_id: Some(decision.approver_authority_record_id),
+            reason: decision.reason,
+            actor: "system:sts",
+        },
+    )
+    .await
+}
+
+/// An operator's decision on a hold (authority §6.5, `POST /v1/zones/{z}/approvals/{id}/
+/// approve|reject`).
+#[derive(Debug, Clone)]
+pub struct OperatorDecision<'a> {
+    /// The hold.
+    pub id: &'a str,
+    /// Its zone.
+    pub zone_id: &'a str,
+    /// `true` approves (`satisfied_at`), `false` rejects (`rejected_at`).
+    pub approve: bool,
+    /// `admin:<token id>` or `console:<account>`; stored as `decided_by` and `updated_by`.
+    pub decided_by: &'a str,
+    /// Optional reason (≤ 500 characters; the table checks it too).
+    pub reason: Option<&'a str>,
+}
+
+/// Records an operator decision exactly as [`decide_by_subject`] records a subject's: the
+/// same guarded update and notification, for holds of class `operator` or `any`. No
+/// subject or authority record is stored for the approver.
+pub async fn decide_by_operator(
+    conn: &mut PgConnection,
+    decision: &OperatorDecision<'_>,
+) -> Result<Option<(ApprovalRow, serde_json::Value)>, sqlx::Error> {
+    decide(
+        conn,
+        &Transition {
+            id: decision.id,
+            zone_id: decision.zone_id,
+            approve: decision.approve,
+            classes: &["operator", "any"],
+            decided_by: decision.decided_by,
+            approver_subject_id: None,
+            approver_authority_record_id: None,
+            reason: decision.reason,
+            actor: decision.decided_by,
+        },
+    )
+    .await
+}
+
+/// One decision as both planes record it.
+struct Transition<'a> {
+    id: &'a str,
+    zone_id: &'a str,
+    approve: bool,
+    /// Approver classes this plane may decide.
+    classes: &'a [&'a str],
+    decided_by: &'a str,
+    approver_subject_id: Option<&'a str>,
+    approver_authority_record_id: Option<&'a str>,
+    reason: Option<&'a str>,
+    actor: &'a str,
+}
+
+/// The one guarded transition pending → approved | rejected, plus the notification.
+async fn decide(
+    conn: &mut PgConnection,
+    t: &Transition<'_>,
 ) -> Result<Option<(ApprovalRow, serde_json::Value)>, sqlx::Error> {
     let row = sqlx::query_as::<_, ApprovalRow>(&format!(
         "UPDATE step_up_challenges \
             SET satisfied_at = CASE WHEN $3 THEN now() END, \
                 rejected_at = CASE WHEN $3 THEN NULL ELSE now() END, \
-                decided_by = $4, approver_subject_id = $4, approver_authority_record_id = $5, \
-                decision_reason = $6, updated_at = now(), updated_by = 'system:sts' \
+                decided_by = $4, approver_subject_id = $5, approver_authority_record_id = $6, \
+                decision_reason = $7, updated_at = now(), updated_by = $8 \
           WHERE id = $1 AND zone_id = $2 AND challenge_type = 'human_approval' \
+            AND approver_class = ANY($9) \
             AND satisfied_at IS NULL AND rejected_at IS NULL AND consumed_at IS NULL \
             AND expires_at > now() \
           RETURNING {COLUMNS}"
     ))
-    .bind(decision.id)
-    .bind(decision.zone_id)
-    .bind(decision.approve)
-    .bind(decision.approver_subject_id)
-    .bind(decision.approver_authority_record_id)
-    .bind(decision.reason)
+    .bind(t.id)
+    .bind(t.zone_id)
+    .bind(t.approve)
+    .bind(t.decided_by)
+    .bind(t.approver_subject_id)
+    .bind(t.approver_authority_record_id)
+    .bind(t.reason)
+    .bind(t.actor)
+    .bind(t.classes)
     .fetch_optional(&mut *conn)
     .await?;
     let Some(row) = row else {
@@ -253,11 +333,11 @@ pub async fn decide_by_subject(
     };
     let metadata: serde_json::Value =
         sqlx::query_scalar("SELECT metadata_json FROM step_up_challenges WHERE id = $1")
-            .bind(decision.id)
+            .bind(t.id)
             .fetch_one(&mut *conn)
             .await?;
     sqlx::query("SELECT pg_notify('caracal_approval_decided', $1)")
-        .bind(decision.id)
+        .bind(t.id)
         .execute(&mut *conn)
         .await?;
     Ok(Some((row, metadata)))

@@ -61,6 +61,32 @@ async fn secrets_tokens_and_bearers_never_reach_a_log_line() -> anyhow::Result<(
     assert_eq!(bad.status, 400);
     assert!(!String::from_utf8_lossy(&bad.body).contains(misplaced));
 
+    // A provider secret, sealed on create and replaced on PATCH.
+    let provider_key = "provider-api-key-in-logs-0001";
+    let replaced_key = "provider-api-key-in-logs-0002";
+    let provider = api
+        .admin(
+            "POST",
+            &format!("/v1/zones/{zone}/providers"),
+            Some(&json!({"name": "upstream", "kind": "api_key",
+                         "config_json": {"header_name": "X-Api-Key", "api_key": provider_key}})),
+        )
+        .await?;
+    assert_eq!(provider.status, 201, "{:?}", provider.json());
+    let provider_id = provider.json()?["id"].as_str().unwrap().to_owned();
+    let patched = api
+        .admin(
+            "PATCH",
+            &format!("/v1/zones/{zone}/providers/{provider_id}"),
+            Some(&json!({"config_json": {"header_name": "X-Api-Key", "api_key": replaced_key}})),
+        )
+        .await?;
+    assert_eq!(patched.status, 200, "{:?}", patched.json());
+    for body in [&provider.body, &patched.body] {
+        let text = String::from_utf8_lossy(body);
+        assert!(!text.contains(provider_key) && !text.contains(replaced_key));
+    }
+
     let token = api
         .admin(
             "POST",
@@ -116,6 +142,8 @@ async fn secrets_tokens_and_bearers_never_reach_a_log_line() -> anyhow::Result<(
         token.as_str(),
         wrong_bearer,
         wrong_secret,
+        provider_key,
+        replaced_key,
         BOOTSTRAP_TOKEN,
     ] {
         assert!(!text.contains(secret), "a log line carries a secret");

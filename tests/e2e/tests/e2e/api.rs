@@ -504,7 +504,14 @@ async fn bad_bodies_get_clear_4xx_answers() -> anyhow::Result<()> {
     )
     .await?;
     assert_problem(&resp, 415, "unsupported_media_type");
-    for body in ["{", "[]", "{\"name\": 5}", "null", "\u{0}"] {
+    for body in [
+        "{",
+        "[]",
+        "{\"name\": 5}",
+        "null",
+        "\u{0}",
+        "{\"name\": \"a\\u0000b\"}",
+    ] {
         let resp = http::request(
             api.addr,
             "POST",
