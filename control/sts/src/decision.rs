@@ -14,7 +14,7 @@
 
 use bytes::Bytes;
 use chrono::{DateTime, SecondsFormat, Utc};
-use control_events::audit::{AuditDecision, AuditEvent};
+use control_events::audit::approval::{Decider, decided_event};
 use control_model::{Denial, ErrorCode, ZoneId};
 use control_store::{
     approvals::{self, ApprovalRow, SubjectDecision},
@@ -25,7 +25,7 @@ use control_store::{
 use http::{HeaderValue, Request, Response, header};
 use http_body_util::{BodyExt as _, Limited};
 use hyper::body::Incoming;
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 use sha2::{Digest as _, Sha256};
 
 use crate::{
@@ -156,7 +156,9 @@ pub(crate) async fn decide(
         &row,
         &metadata,
         body.approve,
-        &approver.sid,
+        Decider::Subject {
+            authority_record_id: &approver.sid,
+        },
         request_id,
     ))?;
     tx.commit().await?;
@@ -323,67 +325,6 @@ fn decider_id(privacy_mode: &str, zone_id: &str, sub: &str) -> String {
         }
         _ => sub.to_owned(),
     }
-}
-
-/// The `step_up_decided` event (authority §3 "Approval events"). The approver appears only
-/// through its authority record id: subject identifiers never enter audit beyond the hold's
-/// own anchor.
-fn decided_event(
-    row: &ApprovalRow,
-    metadata: &Value,
-    approved: bool,
-    approver_record: &str,
-    request_id: &str,
-) -> AuditEvent {
-    let stored = |name: &str| metadata.get(name).cloned();
-    let mut m = Map::new();
-    m.insert("challenge_id".into(), json!(row.id));
-    m.insert("tier".into(), json!(row.tier));
-    m.insert("approver_class".into(), json!(row.approver_class));
-    m.insert("privacy_mode".into(), json!(row.privacy_mode));
-    m.insert("binding".into(), json!(hex::encode(&row.resource_set_hash)));
-    m.insert("expires_at".into(), json!(row.expires_at.to_rfc3339()));
-    m.insert("subject_anchor".into(), json!(row.subject_anchor));
-    m.insert("application_id".into(), json!(row.application_id));
-    if !row.session_id.is_empty() {
-        m.insert("session_id".into(), json!(row.session_id));
-    }
-    for name in [
-        "agent_session_id",
-        "agent_labels",
-        "delegation_edge_id",
-        "decision_contract_version",
-        "decision_contract_sha256",
-    ] {
-        if let Some(value) = stored(name) {
-            m.insert(name.into(), value);
-        }
-    }
-    m.insert(
-        "decision".into(),
-        json!(if approved { "approved" } else { "rejected" }),
-    );
-    m.insert("approver_plane".into(), json!("subject"));
-    m.insert(
-        "approver_authority_record_id".into(),
-        json!(approver_record),
-    );
-    let mut event = AuditEvent::new(row.zone_id.as_str(), "step_up_decided")
-        .request_id(request_id)
-        .decision(if approved {
-            AuditDecision::Allow
-        } else {
-            AuditDecision::Deny
-        })
-        .metadata_json(Value::Object(m))
-        .occurred_at(Utc::now());
-    if let Some(Value::String(version)) = stored("policy_set_version_id") {
-        event = event.policy_set_version_id(version);
-    }
-    if let Some(Value::String(sha)) = stored("manifest_sha256") {
-        event = event.manifest_sha(sha);
-    }
-    event
 }
 
 #[cfg(test)]

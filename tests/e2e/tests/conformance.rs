@@ -117,7 +117,7 @@ async fn conformance_python_clients_against_the_sts() -> anyhow::Result<()> {
     }
     // The STS and the admin API share a Redis database of their own: `loaded` waits for
     // every live STS replica, so no other process may heartbeat into it.
-    let redis_db = isolated_redis(14).await?;
+    let redis_db = tests_harness::sts::isolated_redis(14).await?;
     let sts = StsFixture::start_with(&db, &[("REDIS_URL", redis_db.as_str())]).await?;
     // The admin API on the same database; the Python client retries failed logins, so the
     // per-address limit is out of the way.
@@ -132,7 +132,7 @@ async fn conformance_python_clients_against_the_sts() -> anyhow::Result<()> {
 
     // A second STS whose database disappears under it: its mints answer 503 sts_unavailable.
     let doomed = TestDb::migrated().await?;
-    let elsewhere = isolated_redis(13).await?;
+    let elsewhere = tests_harness::sts::isolated_redis(13).await?;
     let unavailable = StsFixture::start_with(&doomed, &[("REDIS_URL", elsewhere.as_str())]).await?;
     let unavailable_url = format!("http://{}", unavailable.addr);
     drop(doomed);
@@ -203,16 +203,4 @@ async fn conformance_python_clients_against_the_sts() -> anyhow::Result<()> {
         "the Python clients found differences (see above)"
     );
     Ok(())
-}
-
-/// The URL of Redis database `index` on the test Redis, flushed.
-async fn isolated_redis(index: u8) -> anyhow::Result<String> {
-    let url = format!(
-        "{}/{index}",
-        tests_harness::sts::redis_url().trim_end_matches('/')
-    );
-    let client = redis::Client::open(url.as_str())?;
-    let mut conn = client.get_multiplexed_async_connection().await?;
-    redis::cmd("FLUSHDB").query_async::<()>(&mut conn).await?;
-    Ok(url)
 }

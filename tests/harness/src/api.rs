@@ -101,3 +101,53 @@ impl ApiFixture {
         }
     }
 }
+
+/// Asserts a refusal: status, `error` code, a `request_id` equal to `X-Request-Id`.
+/// Returns the body.
+pub fn assert_problem(resp: &http::HttpResponse, status: u16, code: &str) -> serde_json::Value {
+    let body = resp.json().unwrap_or(serde_json::Value::Null);
+    assert_eq!(resp.status, status, "{body}");
+    assert_eq!(body["error"], code, "{body}");
+    assert!(body["request_id"].is_string(), "{body}");
+    assert_eq!(
+        resp.header("x-request-id").as_deref(),
+        body["request_id"].as_str(),
+        "{body}"
+    );
+    body
+}
+
+impl ApiFixture {
+    /// Creates a zone with the bootstrap token; returns its id.
+    pub async fn create_zone(&self, name: &str) -> anyhow::Result<String> {
+        let resp = self
+            .admin(
+                "POST",
+                "/v1/zones",
+                Some(&serde_json::json!({"name": name})),
+            )
+            .await?;
+        anyhow::ensure!(resp.status == 201, "zone not created: {:?}", resp.json());
+        Ok(resp.json()?["id"].as_str().unwrap_or_default().to_owned())
+    }
+
+    /// Mints an admin token with `capability`, global or scoped to `zone`: `(token, id)`.
+    pub async fn mint_token(
+        &self,
+        capability: &str,
+        zone: Option<&str>,
+    ) -> anyhow::Result<(String, String)> {
+        let mut body =
+            serde_json::json!({"name": format!("{capability}-token"), "capability": capability});
+        if let Some(zone) = zone {
+            body["zone_id"] = serde_json::json!(zone);
+        }
+        let resp = self.admin("POST", "/v1/admin-tokens", Some(&body)).await?;
+        anyhow::ensure!(resp.status == 201, "token not minted: {:?}", resp.json());
+        let body = resp.json()?;
+        Ok((
+            body["token"].as_str().unwrap_or_default().to_owned(),
+            body["id"].as_str().unwrap_or_default().to_owned(),
+        ))
+    }
+}

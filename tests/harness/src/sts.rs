@@ -109,3 +109,22 @@ pub fn jwt_claims(token: &str) -> anyhow::Result<serde_json::Value> {
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload)?;
     Ok(serde_json::from_slice(&bytes)?)
 }
+
+/// The test Redis with database `index` selected, flushed first. Tests whose processes
+/// heartbeat into shared keys (`caracal:instances:*`) or need an empty keyspace use one of
+/// their own (assignments in tests/README.md).
+pub async fn isolated_redis(index: u8) -> anyhow::Result<String> {
+    let base = redis_url();
+    let trimmed = match base.rsplit_once('/') {
+        Some((head, tail)) if !tail.is_empty() && tail.bytes().all(|b| b.is_ascii_digit()) => {
+            head.to_owned()
+        }
+        _ => base.trim_end_matches('/').to_owned(),
+    };
+    let url = format!("{trimmed}/{index}");
+    let mut conn = redis::Client::open(url.as_str())?
+        .get_multiplexed_async_connection()
+        .await?;
+    redis::cmd("FLUSHDB").query_async::<()>(&mut conn).await?;
+    Ok(url)
+}

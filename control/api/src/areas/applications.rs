@@ -21,7 +21,7 @@ use crate::{
     audit::{self, Action},
     auth::Need,
     error::{ApiError, Problem},
-    request::{AdminRequest, page_body},
+    request::AdminRequest,
     routes::{Answer, Route, Scope, schema_of, unknown_op},
     state::Api,
 };
@@ -133,14 +133,10 @@ pub async fn list(api: &Api, req: &AdminRequest, zone: &str) -> Result<Reply, Ap
             );
         }
     };
-    let page = req.page()?;
-    let (mut tx, _) = open_zone(api, zone).await?;
-    let rows = applications::list(&mut tx, archived, &page).await?;
-    tx.commit().await?;
-    Ok(Reply::Json(
-        200,
-        page_body(&rows, |row| to_value(row).unwrap_or_default()),
-    ))
+    super::zone_page(api, zone, &req.page()?, async |c, p| {
+        applications::list(c, archived, p).await
+    })
+    .await
 }
 
 /// `POST …/applications`.

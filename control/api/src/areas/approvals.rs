@@ -11,13 +11,13 @@
 
 use chrono::{DateTime, Utc};
 use control_events::{
-    audit::{AuditDecision, AuditEvent},
+    audit::approval::{Decider, decided_event},
     outbox::AUDIT_PAYLOAD_EVENT,
     streams::AUDIT_EVENTS,
 };
 use control_store::{
     admin::approvals::{self, ApprovalFilter, ApprovalView, STATES},
-    approvals::{self as holds, ApprovalRow, OperatorDecision},
+    approvals::{self as holds, OperatorDecision},
     outbox::{self, OutboxMessage, PRODUCER_API},
 };
 use http::Method;
@@ -30,7 +30,7 @@ use crate::{
     audit::{self, Action},
     auth::Need,
     error::{ApiError, Problem},
-    request::{AdminRequest, page_body},
+    request::AdminRequest,
     routes::{Answer, Param, Route, Scope, schema_of, unknown_op},
     state::Api,
 };
@@ -80,14 +80,10 @@ pub async fn list(api: &Api, req: &AdminRequest, zone: &str) -> Result<Reply, Ap
         since: query_time(req, "since")?,
         until: query_time(req, "until")?,
     };
-    let page = req.page()?;
-    let (mut tx, _) = open_zone(api, zone).await?;
-    let rows = approvals::list(&mut tx, &filter, &page).await?;
-    tx.commit().await?;
-    Ok(Reply::Json(
-        200,
-        page_body(&rows, |row| to_value(row).unwrap_or_default()),
-    ))
+    super::zone_page(api, zone, &req.page()?, async |c, p| {
+        approvals::list(c, &filter, p).await
+    })
+    .await
 }
 
 /// `GET …/approvals/{id}`.
@@ -156,7 +152,15 @@ pub async fn decide(
             .map_or_else(|| "expired".to_owned(), |h| h.state);
         return Err(not_decidable(&state).into());
     };
-    let event = decided_event(&row, &metadata, approve, &decided_by, &req.request_id);
+    let event = decided_event(
+        &row,
+        &metadata,
+        approve,
+        Decider::Operator {
+            decided_by: &decided_by,
+        },
+        &req.request_id,
+    );
     let data: Value = serde_json::from_str(&event.to_data())
         .map_err(|e| ApiError::Internal(format!("audit event serialisation: {e}")))?;
     let outbox_id = uuid::Uuid::now_v7().to_string();
@@ -197,63 +201,6 @@ pub async fn decide(
     .await?;
     api.outbox.wake();
     Ok(Reply::Json(200, to_value(&view)?))
-}
-
-/// The `step_up_decided` event, with the members the STS records for a subject decision
-/// (`control-sts` `decision.rs`) and `approver_plane: operator` with the decider.
-fn decided_event(
-    row: &ApprovalRow,
-    metadata: &Value,
-    approved: bool,
-    decided_by: &str,
-    request_id: &str,
-) -> AuditEvent {
-    let stored = |name: &str| metadata.get(name).cloned();
-    let mut m = Map::new();
-    m.insert("challenge_id".into(), json!(row.id));
-    m.insert("tier".into(), json!(row.tier));
-    m.insert("approver_class".into(), json!(row.approver_class));
-    m.insert("privacy_mode".into(), json!(row.privacy_mode));
-    m.insert("binding".into(), json!(hex::encode(&row.resource_set_hash)));
-    m.insert("expires_at".into(), json!(row.expires_at.to_rfc3339()));
-    m.insert("subject_anchor".into(), json!(row.subject_anchor));
-    m.insert("application_id".into(), json!(row.application_id));
-    if !row.session_id.is_empty() {
-        m.insert("session_id".into(), json!(row.session_id));
-    }
-    for name in [
-        "agent_session_id",
-        "agent_labels",
-        "delegation_edge_id",
-        "decision_contract_version",
-        "decision_contract_sha256",
-    ] {
-        if let Some(value) = stored(name) {
-            m.insert(name.into(), value);
-        }
-    }
-    m.insert(
-        "decision".into(),
-        json!(if approved { "approved" } else { "rejected" }),
-    );
-    m.insert("approver_plane".into(), json!("operator"));
-    m.insert("decided_by".into(), json!(decided_by));
-    let mut event = AuditEvent::new(row.zone_id.as_str(), "step_up_decided")
-        .request_id(request_id)
-        .decision(if approved {
-            AuditDecision::Allow
-        } else {
-            AuditDecision::Deny
-        })
-        .metadata_json(Value::Object(m))
-        .occurred_at(Utc::now());
-    if let Some(Value::String(version)) = stored("policy_set_version_id") {
-        event = event.policy_set_version_id(version);
-    }
-    if let Some(Value::String(sha)) = stored("manifest_sha256") {
-        event = event.manifest_sha(sha);
-    }
-    event
 }
 
 /// The refusals of both decision routes.

@@ -23,7 +23,7 @@ use crate::{
     audit::{self, Action},
     auth::Need,
     error::{ApiError, Problem},
-    request::{AdminRequest, page_body},
+    request::AdminRequest,
     routes::{Answer, Param, Route, Scope, schema_of, unknown_op},
     state::Api,
 };
@@ -93,26 +93,18 @@ pub async fn list(api: &Api, req: &AdminRequest, zone: &str) -> Result<Reply, Ap
     if scopes.as_ref().is_some_and(|s| s.len() > MAX_SCOPES) {
         return Err(Problem::new(400, "invalid_query", "at most 64 scopes").into());
     }
-    let page = req.page()?;
-    let (mut tx, _) = open_zone(api, zone).await?;
-    let rows = grants::list(
-        &mut tx,
-        &GrantFilter {
-            application_id: filter(req, "application_id"),
-            user_id: filter(req, "user_id"),
-            resource_id: filter(req, "resource_id"),
-            provider_id: filter(req, "provider_id"),
-            status,
-            scopes: scopes.as_deref(),
-        },
-        &page,
-    )
-    .await?;
-    tx.commit().await?;
-    Ok(Reply::Json(
-        200,
-        page_body(&rows, |row| to_value(row).unwrap_or_default()),
-    ))
+    let grant_filter = GrantFilter {
+        application_id: filter(req, "application_id"),
+        user_id: filter(req, "user_id"),
+        resource_id: filter(req, "resource_id"),
+        provider_id: filter(req, "provider_id"),
+        status,
+        scopes: scopes.as_deref(),
+    };
+    super::zone_page(api, zone, &req.page()?, async |c, p| {
+        grants::list(c, &grant_filter, p).await
+    })
+    .await
 }
 
 /// `POST …/grants`.

@@ -66,6 +66,26 @@ pub async fn archive(
     Ok(Reply::NoContent)
 }
 
+/// One page of rows read in a transaction scoped to the live zone `zone`, answered as
+/// `{items, next_cursor}`.
+pub async fn zone_page<T: serde::Serialize>(
+    api: &Api,
+    zone: &str,
+    page: &control_store::admin::page::PageRequest,
+    fetch: impl AsyncFnOnce(
+        &mut sqlx::PgConnection,
+        &control_store::admin::page::PageRequest,
+    ) -> Result<control_store::admin::page::Page<T>, sqlx::Error>,
+) -> Result<Reply, ApiError> {
+    let (mut tx, _) = open_zone(api, zone).await?;
+    let rows = fetch(&mut tx, page).await?;
+    tx.commit().await?;
+    Ok(Reply::Json(
+        200,
+        crate::request::page_body(&rows, |row| to_value(row).unwrap_or_default()),
+    ))
+}
+
 /// A random credential: `prefix` + 43 base64url characters (32 bytes from the OS CSPRNG).
 pub fn random_credential(prefix: &str) -> Result<zeroize::Zeroizing<String>, ApiError> {
     use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};

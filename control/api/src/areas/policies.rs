@@ -17,7 +17,7 @@ use crate::{
     audit::{self, Action},
     auth::Need,
     error::{ApiError, Problem},
-    request::{AdminRequest, page_body},
+    request::AdminRequest,
     routes::{Answer, Route, Scope, schema_of, unknown_op},
     state::Api,
 };
@@ -63,14 +63,7 @@ fn validate(content: &str, schema: &str) -> Result<(), Problem> {
 /// `GET …/policies`.
 pub async fn list(api: &Api, req: &AdminRequest, zone: &str) -> Result<Reply, ApiError> {
     req.only_query(&[])?;
-    let page = req.page()?;
-    let (mut tx, _) = open_zone(api, zone).await?;
-    let rows = policies::list(&mut tx, &page).await?;
-    tx.commit().await?;
-    Ok(Reply::Json(
-        200,
-        page_body(&rows, |row| to_value(row).unwrap_or_default()),
-    ))
+    super::zone_page(api, zone, &req.page()?, policies::list).await
 }
 
 /// `POST …/policies {name, content, description?, schema_version?}`.

@@ -399,14 +399,7 @@ fn manifest_ids(manifest: &Value) -> Result<Vec<String>, ApiError> {
 /// `GET …/policy-sets`.
 pub async fn list(api: &Api, req: &AdminRequest, zone: &str) -> Result<Reply, ApiError> {
     req.only_query(&[])?;
-    let page = req.page()?;
-    let (mut tx, _) = open_zone(api, zone).await?;
-    let rows = policy_sets::list(&mut tx, &page).await?;
-    tx.commit().await?;
-    Ok(Reply::Json(
-        200,
-        page_body(&rows, |row| to_value(row).unwrap_or_default()),
-    ))
+    super::zone_page(api, zone, &req.page()?, policy_sets::list).await
 }
 
 /// `POST …/policy-sets {name, description?}`.

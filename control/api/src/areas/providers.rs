@@ -40,7 +40,7 @@ use crate::{
     audit::{self, Action},
     auth::Need,
     error::{ApiError, Problem},
-    request::{AdminRequest, page_body, printable},
+    request::{AdminRequest, printable},
     routes::{Answer, Route, Scope, schema_of, unknown_op},
     state::Api,
 };
@@ -848,14 +848,7 @@ fn open(api: &Api, sealed: &SealedDocument) -> Result<SecretDoc, ApiError> {
 /// `GET …/providers`.
 pub async fn list(api: &Api, req: &AdminRequest, zone: &str) -> Result<Reply, ApiError> {
     req.only_query(&[])?;
-    let page = req.page()?;
-    let (mut tx, _) = open_zone(api, zone).await?;
-    let rows = providers::list(&mut tx, &page).await?;
-    tx.commit().await?;
-    Ok(Reply::Json(
-        200,
-        page_body(&rows, |row| to_value(row).unwrap_or_default()),
-    ))
+    super::zone_page(api, zone, &req.page()?, providers::list).await
 }
 
 /// `POST …/providers`.

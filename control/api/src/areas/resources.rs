@@ -30,7 +30,7 @@ use crate::{
     audit::{self, Action},
     auth::Need,
     error::{ApiError, Problem},
-    request::{AdminRequest, page_body},
+    request::AdminRequest,
     routes::{Answer, Route, Scope, schema_of, unknown_op},
     state::Api,
 };
@@ -381,14 +381,7 @@ fn check(desired: &Desired) -> Result<(), Problem> {
 /// `GET …/resources`.
 pub async fn list(api: &Api, req: &AdminRequest, zone: &str) -> Result<Reply, ApiError> {
     req.only_query(&[])?;
-    let page = req.page()?;
-    let (mut tx, _) = open_zone(api, zone).await?;
-    let rows = resources::list(&mut tx, &page).await?;
-    tx.commit().await?;
-    Ok(Reply::Json(
-        200,
-        page_body(&rows, |row| to_value(row).unwrap_or_default()),
-    ))
+    super::zone_page(api, zone, &req.page()?, resources::list).await
 }
 
 /// `POST …/resources`.

@@ -7,11 +7,11 @@ use control_store::admin::views::{
 };
 use http::Method;
 
-use super::{Reply, open_zone, to_value};
+use super::Reply;
 use crate::{
     auth::Need,
     error::{ApiError, Problem},
-    request::{AdminRequest, page_body},
+    request::AdminRequest,
     routes::{Answer, Param, Route, Scope, schema_of, unknown_op},
     state::Api,
 };
@@ -54,14 +54,10 @@ pub async fn authority_records(
         subject_id: filter(req, "subject_id"),
         kind: one_of(req, "kind", &KINDS)?,
     };
-    let page = req.page()?;
-    let (mut tx, _) = open_zone(api, zone).await?;
-    let rows = views::authority_records(&mut tx, &filter, &page).await?;
-    tx.commit().await?;
-    Ok(Reply::Json(
-        200,
-        page_body(&rows, |row| to_value(row).unwrap_or_default()),
-    ))
+    super::zone_page(api, zone, &req.page()?, async |c, p| {
+        views::authority_records(c, &filter, p).await
+    })
+    .await
 }
 
 /// `GET …/sessions`.
@@ -78,14 +74,10 @@ pub async fn sessions(api: &Api, req: &AdminRequest, zone: &str) -> Result<Reply
         application_id: filter(req, "application_id"),
         authority_record_id: filter(req, "authority_record_id"),
     };
-    let page = req.page()?;
-    let (mut tx, _) = open_zone(api, zone).await?;
-    let rows = views::agent_sessions(&mut tx, &filter, &page).await?;
-    tx.commit().await?;
-    Ok(Reply::Json(
-        200,
-        page_body(&rows, |row| to_value(row).unwrap_or_default()),
-    ))
+    super::zone_page(api, zone, &req.page()?, async |c, p| {
+        views::agent_sessions(c, &filter, p).await
+    })
+    .await
 }
 
 /// The area's operations.

@@ -26,6 +26,7 @@
 //! Start reading at [`AuditEmitter::spawn`] (`emitter.rs`), then `writer.rs`,
 //! `segment.rs`, `recovery.rs` and `replayer.rs`.
 
+pub mod approval;
 mod config;
 mod emitter;
 mod event;

@@ -3,6 +3,7 @@
 //! chain, and that no secret appears in any response or log line.
 
 use serde_json::{Value, json};
+use tests_harness::api::assert_problem;
 use tests_harness::{
     TestDb,
     api::{ApiFixture, BOOTSTRAP_TOKEN},
@@ -13,43 +14,6 @@ async fn start() -> anyhow::Result<(TestDb, ApiFixture)> {
     let db = TestDb::migrated().await?;
     let api = ApiFixture::start(&db).await?;
     Ok((db, api))
-}
-
-fn assert_problem(resp: &http::HttpResponse, status: u16, code: &str) {
-    let body = resp.json().unwrap_or(Value::Null);
-    assert_eq!(resp.status, status, "{body}");
-    assert_eq!(body["error"], code, "{body}");
-    assert!(body["request_id"].is_string(), "{body}");
-    assert_eq!(
-        resp.header("x-request-id").as_deref(),
-        body["request_id"].as_str()
-    );
-}
-
-async fn create_zone(api: &ApiFixture, name: &str) -> anyhow::Result<String> {
-    let resp = api
-        .admin("POST", "/v1/zones", Some(&json!({"name": name})))
-        .await?;
-    assert_eq!(resp.status, 201, "{:?}", resp.json());
-    Ok(resp.json()?["id"].as_str().unwrap_or_default().to_owned())
-}
-
-async fn mint_token(
-    api: &ApiFixture,
-    capability: &str,
-    zone: Option<&str>,
-) -> anyhow::Result<(String, String)> {
-    let mut body = json!({"name": format!("{capability}-token"), "capability": capability});
-    if let Some(zone) = zone {
-        body["zone_id"] = json!(zone);
-    }
-    let resp = api.admin("POST", "/v1/admin-tokens", Some(&body)).await?;
-    assert_eq!(resp.status, 201, "{:?}", resp.json());
-    let body = resp.json()?;
-    Ok((
-        body["token"].as_str().unwrap_or_default().to_owned(),
-        body["id"].as_str().unwrap_or_default().to_owned(),
-    ))
 }
 
 #[tokio::test]
@@ -97,11 +61,11 @@ async fn repeated_failures_from_one_address_are_rate_limited() -> anyhow::Result
 #[tokio::test]
 async fn token_capabilities_and_zone_scopes_are_enforced() -> anyhow::Result<()> {
     let (_db, api) = start().await?;
-    let z1 = create_zone(&api, "One").await?;
-    let z2 = create_zone(&api, "Two").await?;
-    let (read, _) = mint_token(&api, "read", None).await?;
-    let (approve, _) = mint_token(&api, "approve", None).await?;
-    let (zoned, zoned_id) = mint_token(&api, "write", Some(&z1)).await?;
+    let z1 = api.create_zone("One").await?;
+    let z2 = api.create_zone("Two").await?;
+    let (read, _) = api.mint_token("read", None).await?;
+    let (approve, _) = api.mint_token("approve", None).await?;
+    let (zoned, zoned_id) = api.mint_token("write", Some(&z1)).await?;
     assert!(read.starts_with("cat_") && read.len() == 47, "{read}");
 
     let listed = api.call(&read, "GET", "/v1/zones", None).await?;
@@ -286,7 +250,7 @@ async fn lists_page_newest_first_and_refuse_bad_queries() -> anyhow::Result<()> 
     let (_db, api) = start().await?;
     let mut created = Vec::new();
     for n in 0..5 {
-        created.push(create_zone(&api, &format!("Zone {n}")).await?);
+        created.push(api.create_zone(&format!("Zone {n}")).await?);
     }
     let mut seen = Vec::new();
     let mut path = "/v1/zones?limit=2".to_owned();
@@ -326,8 +290,8 @@ async fn lists_page_newest_first_and_refuse_bad_queries() -> anyhow::Result<()> 
 #[tokio::test]
 async fn applications_show_their_secret_once_and_rotation_replaces_it() -> anyhow::Result<()> {
     let (db, api) = start().await?;
-    let zone = create_zone(&api, "Apps").await?;
-    let other = create_zone(&api, "Elsewhere").await?;
+    let zone = api.create_zone("Apps").await?;
+    let other = api.create_zone("Elsewhere").await?;
     let base = format!("/v1/zones/{zone}/applications");
     let created = api
         .admin(
@@ -532,7 +496,7 @@ async fn bad_bodies_get_clear_4xx_answers() -> anyhow::Result<()> {
 #[tokio::test]
 async fn every_change_is_recorded_in_a_verifiable_chain() -> anyhow::Result<()> {
     let (db, api) = start().await?;
-    let zone = create_zone(&api, "Chained").await?;
+    let zone = api.create_zone("Chained").await?;
     let base = format!("/v1/zones/{zone}/applications");
     let app = api
         .admin("POST", &base, Some(&json!({"name": "a"})))
@@ -546,7 +510,7 @@ async fn every_change_is_recorded_in_a_verifiable_chain() -> anyhow::Result<()> 
     )
     .await?;
     api.admin("DELETE", &format!("{base}/{id}"), None).await?;
-    mint_token(&api, "read", None).await?;
+    api.mint_token("read", None).await?;
 
     #[derive(sqlx::FromRow)]
     struct Row {
@@ -639,7 +603,7 @@ const DATA_DOC: &str = "package caracal.authz\nimport rego.v1\n# caracal:data-do
 #[tokio::test]
 async fn policies_are_validated_before_they_are_stored_and_versioned() -> anyhow::Result<()> {
     let (db, api) = start().await?;
-    let zone = create_zone(&api, "Policies").await?;
+    let zone = api.create_zone("Policies").await?;
     let base = format!("/v1/zones/{zone}/policies");
     // The 1.0 client sends only {name, content}: the schema version defaults.
     let created = api
@@ -766,7 +730,7 @@ async fn policies_are_validated_before_they_are_stored_and_versioned() -> anyhow
         .json()?;
     assert_eq!(ok["valid"], true);
     // A read token may validate (it changes nothing) but not create.
-    let (read, _) = mint_token(&api, "read", None).await?;
+    let (read, _) = api.mint_token("read", None).await?;
     let validated = api
         .call(
             &read,
@@ -818,7 +782,7 @@ async fn operator_endpoints_answer_without_a_token() -> anyhow::Result<()> {
 #[tokio::test]
 async fn every_route_in_the_table_is_served() -> anyhow::Result<()> {
     let (_db, api) = start().await?;
-    let zone = create_zone(&api, "Routes").await?;
+    let zone = api.create_zone("Routes").await?;
     let mut checked = 0;
     for route in control_api::server::routes() {
         let mut path = format!("/v1{}", route.path);

@@ -4,6 +4,7 @@
 //! read views of authority records and agent sessions.
 
 use std::collections::BTreeMap;
+use tests_harness::api::assert_problem;
 
 use serde_json::{Value, json};
 use tests_harness::{
@@ -17,40 +18,6 @@ async fn start() -> anyhow::Result<(TestDb, ApiFixture)> {
     let db = TestDb::migrated().await?;
     let api = ApiFixture::start(&db).await?;
     Ok((db, api))
-}
-
-fn assert_problem(resp: &http::HttpResponse, status: u16, code: &str) {
-    let body = resp.json().unwrap_or(Value::Null);
-    assert_eq!(resp.status, status, "{body}");
-    assert_eq!(body["error"], code, "{body}");
-    assert!(body["request_id"].is_string(), "{body}");
-}
-
-async fn create_zone(api: &ApiFixture, name: &str) -> anyhow::Result<String> {
-    let resp = api
-        .admin("POST", "/v1/zones", Some(&json!({"name": name})))
-        .await?;
-    assert_eq!(resp.status, 201, "{:?}", resp.json());
-    Ok(resp.json()?["id"].as_str().unwrap_or_default().to_owned())
-}
-
-/// A minted admin token: `(token, id)`.
-async fn mint_token(
-    api: &ApiFixture,
-    capability: &str,
-    zone: Option<&str>,
-) -> anyhow::Result<(String, String)> {
-    let mut body = json!({"name": format!("{capability}-token"), "capability": capability});
-    if let Some(zone) = zone {
-        body["zone_id"] = json!(zone);
-    }
-    let resp = api.admin("POST", "/v1/admin-tokens", Some(&body)).await?;
-    assert_eq!(resp.status, 201, "{:?}", resp.json());
-    let body = resp.json()?;
-    Ok((
-        body["token"].as_str().unwrap_or_default().to_owned(),
-        body["id"].as_str().unwrap_or_default().to_owned(),
-    ))
 }
 
 fn ids(page: &Value) -> Vec<String> {
@@ -212,7 +179,7 @@ async fn product(p: &mut Provision, zone: &str) -> anyhow::Result<()> {
 async fn grants_are_created_filtered_paged_and_revoked_with_the_users_records() -> anyhow::Result<()>
 {
     let (db, api) = start().await?;
-    let zone = create_zone(&api, "Grants").await?;
+    let zone = api.create_zone("Grants").await?;
     let mut p = Provision::open(&db).await?;
     product(&mut p, &zone).await?;
     let base = format!("/v1/zones/{zone}/grants");
@@ -478,7 +445,7 @@ async fn grants_are_created_filtered_paged_and_revoked_with_the_users_records() 
 #[tokio::test]
 async fn subject_issuers_follow_the_url_rules_and_the_zone_limit() -> anyhow::Result<()> {
     let (_db, api) = start().await?;
-    let zone = create_zone(&api, "Issuers").await?;
+    let zone = api.create_zone("Issuers").await?;
     let base = format!("/v1/zones/{zone}/subject-issuers");
     let body = |n: usize| {
         json!({
@@ -626,8 +593,8 @@ async fn subject_issuers_follow_the_url_rules_and_the_zone_limit() -> anyhow::Re
 #[tokio::test]
 async fn approvals_are_decided_only_by_approve_tokens_or_bootstrap() -> anyhow::Result<()> {
     let (db, api) = start().await?;
-    let zone = create_zone(&api, "Approvals").await?;
-    let other = create_zone(&api, "Elsewhere").await?;
+    let zone = api.create_zone("Approvals").await?;
+    let other = api.create_zone("Elsewhere").await?;
     let mut p = Provision::open(&db).await?;
     product(&mut p, &zone).await?;
     let who = ("app-1", "app-1");
@@ -646,10 +613,10 @@ async fn approvals_are_decided_only_by_approve_tokens_or_bootstrap() -> anyhow::
     hold(&mut p, &zone, "h-subject", who, "high", "subject", 900, 30).await?;
     hold(&mut p, &zone, "h-expired", who, "high", "operator", -1, 20).await?;
     hold(&mut p, &zone, "h-later", who, "high", "operator", 900, 10).await?;
-    let (read, _) = mint_token(&api, "read", None).await?;
-    let (write, _) = mint_token(&api, "write", None).await?;
-    let (approve, approve_id) = mint_token(&api, "approve", None).await?;
-    let (elsewhere, _) = mint_token(&api, "approve", Some(&other)).await?;
+    let (read, _) = api.mint_token("read", None).await?;
+    let (write, _) = api.mint_token("write", None).await?;
+    let (approve, approve_id) = api.mint_token("approve", None).await?;
+    let (elsewhere, _) = api.mint_token("approve", Some(&other)).await?;
     let base = format!("/v1/zones/{zone}/approvals");
     let decide = |id: &str, verb: &str| format!("{base}/{id}/{verb}");
 
@@ -853,7 +820,7 @@ async fn approvals_are_decided_only_by_approve_tokens_or_bootstrap() -> anyhow::
 #[tokio::test]
 async fn approvals_list_and_read_with_their_state_and_filters() -> anyhow::Result<()> {
     let (db, api) = start().await?;
-    let zone = create_zone(&api, "Holds").await?;
+    let zone = api.create_zone("Holds").await?;
     let mut p = Provision::open(&db).await?;
     product(&mut p, &zone).await?;
     hold(
@@ -1041,7 +1008,7 @@ async fn provider_grant(
 #[tokio::test]
 async fn the_kill_switch_revokes_records_sessions_edges_and_grants_once() -> anyhow::Result<()> {
     let (db, api) = start().await?;
-    let zone = create_zone(&api, "Kill").await?;
+    let zone = api.create_zone("Kill").await?;
     let mut p = Provision::open(&db).await?;
     product(&mut p, &zone).await?;
     record(
@@ -1261,8 +1228,8 @@ async fn the_kill_switch_revokes_records_sessions_edges_and_grants_once() -> any
             "invalid_body",
         );
     }
-    let (read, _) = mint_token(&api, "read", None).await?;
-    let (approve, _) = mint_token(&api, "approve", None).await?;
+    let (read, _) = api.mint_token("read", None).await?;
+    let (approve, _) = api.mint_token("approve", None).await?;
     let body = json!({"subject_id": "u9"});
     assert_problem(
         &api.call(&read, "POST", &path, Some(&body)).await?,
@@ -1288,8 +1255,8 @@ async fn the_kill_switch_revokes_records_sessions_edges_and_grants_once() -> any
 #[tokio::test]
 async fn read_views_page_and_filter_records_and_agent_sessions() -> anyhow::Result<()> {
     let (db, api) = start().await?;
-    let zone = create_zone(&api, "Views").await?;
-    let other = create_zone(&api, "Other").await?;
+    let zone = api.create_zone("Views").await?;
+    let other = api.create_zone("Other").await?;
     let mut p = Provision::open(&db).await?;
     product(&mut p, &zone).await?;
     record(
@@ -1439,8 +1406,8 @@ async fn read_views_page_and_filter_records_and_agent_sessions() -> anyhow::Resu
 async fn every_access_route_checks_capability_zone_and_bearer_and_never_shows_a_secret()
 -> anyhow::Result<()> {
     let (db, api) = start().await?;
-    let zone = create_zone(&api, "Routes").await?;
-    let other = create_zone(&api, "Other").await?;
+    let zone = api.create_zone("Routes").await?;
+    let other = api.create_zone("Other").await?;
     let mut p = Provision::open(&db).await?;
     product(&mut p, &zone).await?;
     provider_grant(&mut p, &zone, "pg-1", "u1").await?;
@@ -1455,11 +1422,11 @@ async fn every_access_route_checks_capability_zone_and_bearer_and_never_shows_a_
         10,
     )
     .await?;
-    let (read, _) = mint_token(&api, "read", None).await?;
-    let (write, _) = mint_token(&api, "write", None).await?;
-    let (approve, _) = mint_token(&api, "approve", None).await?;
-    let (zoned, _) = mint_token(&api, "write", Some(&other)).await?;
-    let (zoned_approve, _) = mint_token(&api, "approve", Some(&other)).await?;
+    let (read, _) = api.mint_token("read", None).await?;
+    let (write, _) = api.mint_token("write", None).await?;
+    let (approve, _) = api.mint_token("approve", None).await?;
+    let (zoned, _) = api.mint_token("write", Some(&other)).await?;
+    let (zoned_approve, _) = api.mint_token("approve", Some(&other)).await?;
     let grant = json!({"application_id": "app-1", "user_id": "u1", "resource_id": "res-a", "scopes": ["a:read"]});
     let issuer =
         json!({"issuer": "https://i.example", "jwks_url": "https://i.example/k", "audience": "a"});
@@ -1526,7 +1493,9 @@ async fn every_access_route_checks_capability_zone_and_bearer_and_never_shows_a_
         for (token, refusal) in expectations {
             let resp = api.call(token, method, &path, body).await?;
             match refusal {
-                Some(code) => assert_problem(&resp, 403, code),
+                Some(code) => {
+                    assert_problem(&resp, 403, code);
+                }
                 None => assert!(
                     resp.status < 500 && resp.status != 401 && resp.status != 403,
                     "{method} {path}: {}",

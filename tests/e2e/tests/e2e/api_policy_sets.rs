@@ -7,6 +7,7 @@
 //! (and STS) on a Redis database of its own (`REDIS_DB_*`), flushed when the test starts.
 
 use std::time::Duration;
+use tests_harness::api::assert_problem;
 
 use serde_json::{Value, json};
 use sqlx::Row;
@@ -27,23 +28,6 @@ const REDIS_DB_ERRORS: u8 = 8;
 /// The STS fixture's `STREAMS_HMAC_KEY`: the API signs what the STS verifies.
 const STREAMS_KEY: &str = "3d3d3d3d3d3d3d3d3d3d3d3d3d3d3d3d3d3d3d3d3d3d3d3d3d3d3d3d3d3d3d3d";
 
-/// The machine's Redis URL with database `db`, flushed.
-async fn isolated_redis(db: u8) -> anyhow::Result<String> {
-    let base = tests_harness::sts::redis_url();
-    let trimmed = match base.rsplit_once('/') {
-        Some((head, tail)) if !tail.is_empty() && tail.bytes().all(|b| b.is_ascii_digit()) => {
-            head.to_owned()
-        }
-        _ => base.trim_end_matches('/').to_owned(),
-    };
-    let url = format!("{trimmed}/{db}");
-    let mut conn = redis::Client::open(url.as_str())?
-        .get_multiplexed_async_connection()
-        .await?;
-    redis::cmd("FLUSHDB").query_async::<()>(&mut conn).await?;
-    Ok(url)
-}
-
 async fn redis_conn(url: &str) -> anyhow::Result<redis::aio::MultiplexedConnection> {
     Ok(redis::Client::open(url)?
         .get_multiplexed_async_connection()
@@ -58,7 +42,7 @@ async fn start() -> anyhow::Result<(TestDb, ApiFixture)> {
 
 /// An API whose Redis is database `redis_db` (and whose streams are signed like the STS's).
 async fn start_isolated(redis_db: u8) -> anyhow::Result<(TestDb, ApiFixture, String)> {
-    let redis = isolated_redis(redis_db).await?;
+    let redis = tests_harness::sts::isolated_redis(redis_db).await?;
     let db = TestDb::migrated().await?;
     let api = ApiFixture::start_with(
         &db,
@@ -71,14 +55,6 @@ async fn start_isolated(redis_db: u8) -> anyhow::Result<(TestDb, ApiFixture, Str
     Ok((db, api, redis))
 }
 
-fn assert_problem(resp: &http::HttpResponse, status: u16, code: &str) -> Value {
-    let body = resp.json().unwrap_or(Value::Null);
-    assert_eq!(resp.status, status, "{body}");
-    assert_eq!(body["error"], code, "{body}");
-    assert!(body["request_id"].is_string(), "{body}");
-    body
-}
-
 fn ok(resp: &http::HttpResponse, status: u16) -> Value {
     let body = resp.json().unwrap_or(Value::Null);
     assert_eq!(resp.status, status, "{body}");
@@ -87,13 +63,6 @@ fn ok(resp: &http::HttpResponse, status: u16) -> Value {
 
 fn s(value: &Value) -> String {
     value.as_str().unwrap_or_default().to_owned()
-}
-
-async fn create_zone(api: &ApiFixture, name: &str) -> anyhow::Result<String> {
-    let resp = api
-        .admin("POST", "/v1/zones", Some(&json!({"name": name})))
-        .await?;
-    Ok(s(&ok(&resp, 201)["id"]))
 }
 
 /// Creates a policy; returns its first version id.
@@ -200,7 +169,7 @@ async fn activation_loads_on_a_real_sts_and_deleting_the_set_drops_the_zone_to_d
     let sts = StsFixture::start_with(&db, &[("REDIS_URL", redis.as_str())]).await?;
     let mut bodies: Vec<String> = Vec::new();
 
-    let zone = create_zone(&api, "Flow").await?;
+    let zone = api.create_zone("Flow").await?;
     let app = ok(
         &api.admin(
             "POST",
@@ -414,7 +383,7 @@ async fn activation_loads_on_a_real_sts_and_deleting_the_set_drops_the_zone_to_d
 #[tokio::test]
 async fn activating_another_set_nulls_the_first_sets_active_version() -> anyhow::Result<()> {
     let (db, api, _redis) = start_isolated(REDIS_DB_ONE_ACTIVE).await?;
-    let zone = create_zone(&api, "One Active").await?;
+    let zone = api.create_zone("One Active").await?;
     let pv = create_policy(&api, &zone, "grants", &grants_document("app-1")).await?;
     let a = s(&create_set(&api, &zone, "a").await?["id"]);
     let b = s(&create_set(&api, &zone, "b").await?["id"]);
@@ -561,7 +530,7 @@ fn report(version: &str, state: &str, error: Option<&str>) -> Value {
 async fn propagation_status_follows_the_outbox_and_every_live_replica() -> anyhow::Result<()> {
     let (db, api, redis) = start_isolated(REDIS_DB_REPLICAS).await?;
     let mut conn = redis_conn(&redis).await?;
-    let zone = create_zone(&api, "Replicas").await?;
+    let zone = api.create_zone("Replicas").await?;
     let pv = create_policy(&api, &zone, "grants", &grants_document("app-1")).await?;
     let set = s(&create_set(&api, &zone, "main").await?["id"]);
     let v = s(&ok(&add_version(&api, &zone, &set, &[&pv]).await?, 201)["version_id"]);
@@ -702,7 +671,7 @@ async fn propagation_status_follows_the_outbox_and_every_live_replica() -> anyho
     assert_eq!(dead["propagation_status"], "loaded");
 
     // Status reports are per zone: another zone's reports do not count.
-    let other = create_zone(&api, "Other").await?;
+    let other = api.create_zone("Other").await?;
     fake_replica(
         &mut conn,
         "sts",
@@ -719,8 +688,8 @@ async fn propagation_status_follows_the_outbox_and_every_live_replica() -> anyho
 #[tokio::test]
 async fn version_creation_refuses_bad_manifests_and_unbuildable_bundles() -> anyhow::Result<()> {
     let (db, api) = start().await?;
-    let zone = create_zone(&api, "Manifests").await?;
-    let other = create_zone(&api, "Elsewhere").await?;
+    let zone = api.create_zone("Manifests").await?;
+    let other = api.create_zone("Elsewhere").await?;
     let pv = create_policy(&api, &zone, "grants", &grants_document("app-1")).await?;
     let foreign = create_policy(&api, &other, "grants", &grants_document("app-2")).await?;
     let set = s(&create_set(&api, &zone, "main").await?["id"]);
@@ -873,8 +842,8 @@ async fn version_creation_refuses_bad_manifests_and_unbuildable_bundles() -> any
 #[tokio::test]
 async fn policy_set_routes_refuse_unknown_ids_bad_input_and_wrong_tokens() -> anyhow::Result<()> {
     let (_db, api, _redis) = start_isolated(REDIS_DB_ERRORS).await?;
-    let zone = create_zone(&api, "Errors").await?;
-    let other = create_zone(&api, "Other").await?;
+    let zone = api.create_zone("Errors").await?;
+    let other = api.create_zone("Other").await?;
     let pv = create_policy(&api, &zone, "grants", &grants_document("app-1")).await?;
     let set = s(&create_set(&api, &zone, "main").await?["id"]);
     let second = s(&create_set(&api, &zone, "second").await?["id"]);
@@ -1272,7 +1241,7 @@ async fn policy_set_routes_refuse_unknown_ids_bad_input_and_wrong_tokens() -> an
 #[tokio::test]
 async fn simulation_builds_and_decides_without_activating() -> anyhow::Result<()> {
     let (db, api) = start().await?;
-    let zone = create_zone(&api, "Simulate").await?;
+    let zone = api.create_zone("Simulate").await?;
     let pv = create_policy(&api, &zone, "grants", &grants_document("app-1")).await?;
     let frozen = create_policy(&api, &zone, "freeze", FREEZE).await?;
     let set = s(&create_set(&api, &zone, "main").await?["id"]);
@@ -1390,7 +1359,7 @@ async fn activation_commits_without_redis_and_its_status_answers_503() -> anyhow
     let db = TestDb::migrated().await?;
     // Nothing listens on port 1: every Redis call fails at once.
     let api = ApiFixture::start_with(&db, &[("REDIS_URL", "redis://127.0.0.1:1")]).await?;
-    let zone = create_zone(&api, "No Redis").await?;
+    let zone = api.create_zone("No Redis").await?;
     let pv = create_policy(&api, &zone, "grants", &grants_document("app-1")).await?;
     let set = s(&create_set(&api, &zone, "main").await?["id"]);
     let v = s(&ok(&add_version(&api, &zone, &set, &[&pv]).await?, 201)["version_id"]);
@@ -1409,7 +1378,7 @@ async fn activation_commits_without_redis_and_its_status_answers_503() -> anyhow
 #[tokio::test]
 async fn templates_are_a_bare_array_of_documents_that_validate_and_build() -> anyhow::Result<()> {
     let (_db, api) = start().await?;
-    let zone = create_zone(&api, "Templates").await?;
+    let zone = api.create_zone("Templates").await?;
     let resp = api.admin("GET", "/v1/policy-templates", None).await?;
     let templates = ok(&resp, 200);
     let list = templates.as_array().cloned().unwrap_or_default();

@@ -5,6 +5,7 @@
 //! row.
 
 use std::sync::Mutex;
+use tests_harness::api::assert_problem;
 
 use control_crypto::{Kek, KekRing, SealContext};
 use serde_json::{Value, json};
@@ -101,13 +102,6 @@ impl Api {
     async fn stop(self) {
         self.api.stop().await;
     }
-}
-
-fn assert_problem(resp: &HttpResponse, status: u16, code: &str) {
-    let body = resp.json().unwrap_or(Value::Null);
-    assert_eq!(resp.status, status, "{body}");
-    assert_eq!(body["error"], code, "{body}");
-    assert!(body["request_id"].is_string(), "{body}");
 }
 
 /// A `secrets` row: id, zone, version, nonce, ciphertext, KEK id.
