@@ -14,9 +14,7 @@ use serde_json::{Value, json};
 
 use http::Method;
 
-use super::{
-    Reply, check_len, hash_secret, is_unique_violation, open_zone, random_credential, to_value,
-};
+use super::{Reply, check_len, hash_secret, open_zone, random_credential, to_value, unique_or};
 use crate::{
     audit::{self, Action},
     auth::Need,
@@ -204,26 +202,23 @@ async fn create_row(
         return Err(name_taken().into());
     }
     let id = uuid::Uuid::now_v7().to_string();
-    let inserted = applications::insert(
-        &mut tx,
-        &NewApplication {
-            id: &id,
-            zone_id: zone_id.as_str(),
-            name,
-            registration_method: method,
-            client_secret_hash: &hash,
-            traits,
-            expires_at,
-            created_by: &req.principal.id,
-        },
-    )
-    .await
-    .map_err(ApiError::from);
-    let row = match inserted {
-        Ok(row) => row,
-        Err(e) if is_unique_violation(&e) => return Err(name_taken().into()),
-        Err(e) => return Err(e),
-    };
+    let row = unique_or(
+        applications::insert(
+            &mut tx,
+            &NewApplication {
+                id: &id,
+                zone_id: zone_id.as_str(),
+                name,
+                registration_method: method,
+                client_secret_hash: &hash,
+                traits,
+                expires_at,
+                created_by: &req.principal.id,
+            },
+        )
+        .await,
+        name_taken,
+    )?;
     audit::commit_zone(
         api,
         tx,

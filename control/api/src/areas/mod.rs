@@ -108,6 +108,18 @@ pub async fn hash_secret(api: &Api, secret: &str) -> Result<String, ApiError> {
         .map_err(|e| ApiError::Crypto(e.to_string()))
 }
 
+/// A write's outcome with a unique violation turned into `conflict`, the area's 409.
+pub fn unique_or<T>(
+    outcome: Result<T, sqlx::Error>,
+    conflict: impl FnOnce() -> Problem,
+) -> Result<T, ApiError> {
+    let outcome = outcome.map_err(ApiError::from);
+    match outcome {
+        Err(e) if is_unique_violation(&e) => Err(conflict().into()),
+        other => other,
+    }
+}
+
 /// The SQLSTATE of a unique violation.
 pub fn is_unique_violation(err: &ApiError) -> bool {
     match err {

@@ -35,7 +35,7 @@ use zeroize::Zeroizing;
 
 use http::Method;
 
-use super::{Reply, check_len, is_unique_violation, open_zone, to_value};
+use super::{Reply, check_len, open_zone, to_value, unique_or};
 use crate::{
     audit::{self, Action},
     auth::Need,
@@ -892,27 +892,24 @@ pub async fn create(api: &Api, req: &AdminRequest, zone: &str) -> Result<Reply, 
         .await?;
         Some(secret_id)
     };
-    let inserted = providers::insert(
-        &mut tx,
-        &id,
-        zone_id.as_str(),
-        &identifier,
-        &ProviderState {
-            name: &name,
-            kind,
-            config_json: &public,
-            secret_config_keys: &keys,
-            secret_id: secret_id.as_deref(),
-        },
-        &req.principal.id,
-    )
-    .await
-    .map_err(ApiError::from);
-    let row = match inserted {
-        Ok(row) => row,
-        Err(e) if is_unique_violation(&e) => return Err(identifier_conflict().into()),
-        Err(e) => return Err(e),
-    };
+    let row = unique_or(
+        providers::insert(
+            &mut tx,
+            &id,
+            zone_id.as_str(),
+            &identifier,
+            &ProviderState {
+                name: &name,
+                kind,
+                config_json: &public,
+                secret_config_keys: &keys,
+                secret_id: secret_id.as_deref(),
+            },
+            &req.principal.id,
+        )
+        .await,
+        identifier_conflict,
+    )?;
     audit::commit_zone(
         api,
         tx,

@@ -22,9 +22,9 @@ use serde_json::json;
 use http::Method;
 
 use super::{
-    Reply, is_unique_violation, open_zone,
+    Reply, open_zone,
     providers::{absolute_url_host, check_name, is_scope_token, slug},
-    to_value,
+    to_value, unique_or,
 };
 use crate::{
     audit::{self, Action},
@@ -421,14 +421,10 @@ pub async fn create(api: &Api, req: &AdminRequest, zone: &str) -> Result<Reply, 
     }
     let id = uuid::Uuid::now_v7().to_string();
     let actor = req.principal.id.as_str();
-    let inserted = resources::insert(&mut tx, &id, zone_id.as_str(), &state, actor)
-        .await
-        .map_err(ApiError::from);
-    match inserted {
-        Ok(()) => {}
-        Err(e) if is_unique_violation(&e) => return Err(identifier_conflict().into()),
-        Err(e) => return Err(e),
-    }
+    unique_or(
+        resources::insert(&mut tx, &id, zone_id.as_str(), &state, actor).await,
+        identifier_conflict,
+    )?;
     if state.upstream_url.is_some() {
         resources::bind(&mut tx, zone_id.as_str(), &id, state.identifier, actor).await?;
     }
@@ -501,14 +497,12 @@ pub async fn patch(api: &Api, req: &AdminRequest, zone: &str, id: &str) -> Resul
         return Err(identifier_conflict().into());
     }
     let actor = req.principal.id.as_str();
-    let updated = resources::update(&mut tx, id, &state, actor)
-        .await
-        .map_err(ApiError::from);
-    match updated {
-        Ok(true) => {}
-        Ok(false) => return Err(Problem::not_found("resource").into()),
-        Err(e) if is_unique_violation(&e) => return Err(identifier_conflict().into()),
-        Err(e) => return Err(e),
+    let updated = unique_or(
+        resources::update(&mut tx, id, &state, actor).await,
+        identifier_conflict,
+    )?;
+    if !updated {
+        return Err(Problem::not_found("resource").into());
     }
     match (&row.upstream_url, state.upstream_url) {
         (None, Some(_)) => {

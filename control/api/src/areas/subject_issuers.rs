@@ -10,7 +10,7 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{Reply, check_len, is_unique_violation, open_zone, to_value};
+use super::{Reply, check_len, open_zone, to_value, unique_or};
 use crate::{
     audit::{self, Action},
     auth::Need,
@@ -128,24 +128,21 @@ pub async fn create(api: &Api, req: &AdminRequest, zone: &str) -> Result<Reply, 
         .into());
     }
     let id = uuid::Uuid::now_v7().to_string();
-    let inserted = subject_issuers::insert(
-        &mut tx,
-        &NewSubjectIssuer {
-            id: &id,
-            zone_id: zone_id.as_str(),
-            issuer: &body.issuer,
-            jwks_url: &body.jwks_url,
-            audience: &body.audience,
-            created_by: &req.principal.id,
-        },
-    )
-    .await
-    .map_err(ApiError::from);
-    let row = match inserted {
-        Ok(row) => row,
-        Err(e) if is_unique_violation(&e) => return Err(conflict().into()),
-        Err(e) => return Err(e),
-    };
+    let row = unique_or(
+        subject_issuers::insert(
+            &mut tx,
+            &NewSubjectIssuer {
+                id: &id,
+                zone_id: zone_id.as_str(),
+                issuer: &body.issuer,
+                jwks_url: &body.jwks_url,
+                audience: &body.audience,
+                created_by: &req.principal.id,
+            },
+        )
+        .await,
+        conflict,
+    )?;
     audit::commit_zone(
         api,
         tx,

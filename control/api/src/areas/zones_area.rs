@@ -13,7 +13,7 @@ use serde_json::json;
 
 use http::Method;
 
-use super::{Reply, check_len, is_unique_violation, open_zone, to_value};
+use super::{Reply, check_len, open_zone, to_value, unique_or};
 use crate::{
     audit::{self, Action},
     auth::Need,
@@ -121,23 +121,20 @@ pub async fn create(api: &Api, req: &AdminRequest) -> Result<Reply, ApiError> {
     if zones::slug_taken(&mut tx, &slug, None).await? {
         return Err(slug_conflict().into());
     }
-    let inserted = zones::insert(
-        &mut tx,
-        &NewZone {
-            id: &id,
-            name: &body.name,
-            slug: &slug,
-            dcr_enabled: body.dcr_enabled.unwrap_or(false),
-            created_by: &req.principal.id,
-        },
-    )
-    .await
-    .map_err(ApiError::from);
-    let row = match inserted {
-        Ok(row) => row,
-        Err(e) if is_unique_violation(&e) => return Err(slug_conflict().into()),
-        Err(e) => return Err(e),
-    };
+    let row = unique_or(
+        zones::insert(
+            &mut tx,
+            &NewZone {
+                id: &id,
+                name: &body.name,
+                slug: &slug,
+                dcr_enabled: body.dcr_enabled.unwrap_or(false),
+                created_by: &req.principal.id,
+            },
+        )
+        .await,
+        slug_conflict,
+    )?;
     audit::commit_zone(
         api,
         tx,
