@@ -204,6 +204,28 @@ impl Provision {
         Ok(set_version)
     }
 
+    /// An active authority record (`sessions` row) of `kind` (`user` or `application`) for
+    /// `subject`, expiring in an hour.
+    pub async fn authority_record(
+        &mut self,
+        zone: &str,
+        id: &str,
+        kind: &str,
+        subject: &str,
+    ) -> anyhow::Result<()> {
+        sqlx::query(
+            "INSERT INTO sessions (id, zone_id, session_type, subject_id, root_id, status, expires_at) \
+             VALUES ($1, $2, $3, $4, $1, 'active', now() + interval '1 hour')",
+        )
+        .bind(id)
+        .bind(zone)
+        .bind(kind)
+        .bind(subject)
+        .execute(&mut self.conn)
+        .await?;
+        Ok(())
+    }
+
     /// An active `task` agent session (TTL one hour) with labels.
     pub async fn agent_session(
         &mut self,

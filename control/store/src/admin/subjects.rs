@@ -30,7 +30,7 @@ pub async fn revoke_records(
           WHERE s.id IN (SELECT id FROM sessions \
                           WHERE subject_id = $1 AND status = 'active' \
                             AND (NOT $2 OR session_type = 'user') \
-                          ORDER BY id LIMIT $5 FOR UPDATE) \
+                          LIMIT $5 FOR UPDATE) \
           RETURNING s.id",
     )
     .bind(selector.subject_id)
