@@ -9,8 +9,8 @@ use serde_json::json;
 
 use crate::{
     areas::{
-        Reply, admin_tokens, applications, approvals, grants, policies, policy_sets, providers,
-        resources, subject_issuers, subjects, views, zones_area,
+        Reply, admin_tokens, applications, approvals, grants, plugin_bindings, policies,
+        policy_sets, providers, resources, subject_issuers, subjects, views, zones_area,
     },
     auth,
     error::{ApiError, Problem, rescue},
@@ -137,6 +137,7 @@ enum Area {
     Applications,
     Providers,
     Resources,
+    PluginBindings,
     Policies,
     PolicySets,
     Grants,
@@ -147,11 +148,12 @@ enum Area {
     AdminTokens,
 }
 
-const AREAS: [(Area, &[Route]); 12] = [
+const AREAS: [(Area, &[Route]); 13] = [
     (Area::Zones, zones_area::ROUTES),
     (Area::Applications, applications::ROUTES),
     (Area::Providers, providers::ROUTES),
     (Area::Resources, resources::ROUTES),
+    (Area::PluginBindings, plugin_bindings::ROUTES),
     (Area::Policies, policies::ROUTES),
     (Area::PolicySets, policy_sets::ROUTES),
     (Area::Grants, grants::ROUTES),
@@ -179,6 +181,7 @@ async fn call(
         Area::Applications => applications::handle(api, req, op, p).await,
         Area::Providers => providers::handle(api, req, op, p).await,
         Area::Resources => resources::handle(api, req, op, p).await,
+        Area::PluginBindings => plugin_bindings::handle(api, req, op, p).await,
         Area::Policies => policies::handle(api, req, op, p).await,
         Area::PolicySets => policy_sets::handle(api, req, op, p).await,
         Area::Grants => grants::handle(api, req, op, p).await,

@@ -18,6 +18,7 @@ pub mod admin_tokens;
 pub mod applications;
 pub mod approvals;
 pub mod grants;
+pub mod plugin_bindings;
 pub mod policies;
 pub mod policy_sets;
 pub mod providers;

@@ -9,6 +9,7 @@ pub mod applications;
 pub mod approvals;
 pub mod grants;
 pub mod page;
+pub mod plugin_bindings;
 pub mod policies;
 pub mod policy_sets;
 pub mod providers;

@@ -11,6 +11,7 @@
 
 mod api;
 mod api_access;
+mod api_plugins;
 mod api_policy_sets;
 mod api_providers;
 mod fixtures;

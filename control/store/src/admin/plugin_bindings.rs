@@ -1,0 +1,1 @@
+//! Admin API statements for resource plugin bindings (being written).

@@ -1,0 +1,1 @@
+//! Admin API e2e tests (being written).
