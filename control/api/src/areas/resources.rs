@@ -537,7 +537,7 @@ pub async fn patch(api: &Api, req: &AdminRequest, zone: &str, id: &str) -> Resul
 }
 
 /// `DELETE …/resources/{id}`: archives it and makes it unroutable (its binding and rate
-/// limit are removed, so its identifier is free for a new resource).
+/// limit and plugin bindings are removed, so its identifier is free for a new resource).
 pub async fn delete(
     api: &Api,
     req: &AdminRequest,
@@ -550,6 +550,8 @@ pub async fn delete(
     }
     resources::unbind(&mut tx, id).await?;
     resources::clear_rate_limit(&mut tx, id).await?;
+    // Its plugin hooks go with it (the gateway never sees bindings of an archived resource).
+    control_store::admin::plugin_bindings::remove_all(&mut tx, id).await?;
     audit::commit_zone(
         api,
         tx,
