@@ -237,12 +237,10 @@ async fn create_row(
 
 /// `GET …/applications/{id}`.
 pub async fn get(api: &Api, zone: &str, id: &str) -> Result<Reply, ApiError> {
-    let (mut tx, _) = open_zone(api, zone).await?;
-    let row = applications::get(&mut tx, id)
-        .await?
-        .ok_or_else(|| Problem::not_found("application"))?;
-    tx.commit().await?;
-    Ok(Reply::Json(200, to_value(&row)?))
+    super::zone_row(api, zone, "application", async |c| {
+        applications::get(c, id).await
+    })
+    .await
 }
 
 /// `PATCH …/applications/{id}`: name, traits, or a caller-chosen secret.

@@ -88,12 +88,7 @@ pub async fn list(api: &Api, req: &AdminRequest, zone: &str) -> Result<Reply, Ap
 
 /// `GET …/approvals/{id}`.
 pub async fn get(api: &Api, zone: &str, id: &str) -> Result<Reply, ApiError> {
-    let (mut tx, _) = open_zone(api, zone).await?;
-    let row = approvals::get(&mut tx, id)
-        .await?
-        .ok_or_else(|| Problem::not_found("approval"))?;
-    tx.commit().await?;
-    Ok(Reply::Json(200, to_value(&row)?))
+    super::zone_row(api, zone, "approval", async |c| approvals::get(c, id).await).await
 }
 
 fn not_decidable(state: &str) -> Problem {

@@ -174,12 +174,7 @@ pub async fn create(api: &Api, req: &AdminRequest, zone: &str) -> Result<Reply, 
 
 /// `GET …/grants/{id}`.
 pub async fn get(api: &Api, zone: &str, id: &str) -> Result<Reply, ApiError> {
-    let (mut tx, _) = open_zone(api, zone).await?;
-    let row = grants::get(&mut tx, id)
-        .await?
-        .ok_or_else(|| Problem::not_found("grant"))?;
-    tx.commit().await?;
-    Ok(Reply::Json(200, to_value(&row)?))
+    super::zone_row(api, zone, "grant", async |c| grants::get(c, id).await).await
 }
 
 /// `DELETE …/grants/{id}`: revokes the grant and the user's active authority records. A

@@ -87,6 +87,22 @@ pub async fn zone_page<T: serde::Serialize>(
     ))
 }
 
+/// One row read in a transaction scoped to the live zone `zone`, answered with 200; 404
+/// `<thing>_not_found` when `fetch` finds none.
+pub async fn zone_row<T: serde::Serialize>(
+    api: &Api,
+    zone: &str,
+    thing: &'static str,
+    fetch: impl AsyncFnOnce(&mut sqlx::PgConnection) -> Result<Option<T>, sqlx::Error>,
+) -> Result<Reply, ApiError> {
+    let (mut tx, _) = open_zone(api, zone).await?;
+    let row = fetch(&mut tx)
+        .await?
+        .ok_or_else(|| Problem::not_found(thing))?;
+    tx.commit().await?;
+    Ok(Reply::Json(200, to_value(&row)?))
+}
+
 /// A random credential: `prefix` + 43 base64url characters (32 bytes from the OS CSPRNG).
 pub fn random_credential(prefix: &str) -> Result<zeroize::Zeroizing<String>, ApiError> {
     use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};

@@ -935,12 +935,7 @@ pub async fn create(api: &Api, req: &AdminRequest, zone: &str) -> Result<Reply, 
 
 /// `GET …/providers/{id}`.
 pub async fn get(api: &Api, zone: &str, id: &str) -> Result<Reply, ApiError> {
-    let (mut tx, _) = open_zone(api, zone).await?;
-    let row = providers::get(&mut tx, id)
-        .await?
-        .ok_or_else(|| Problem::not_found("provider"))?;
-    tx.commit().await?;
-    Ok(Reply::Json(200, to_value(&row)?))
+    super::zone_row(api, zone, "provider", async |c| providers::get(c, id).await).await
 }
 
 /// The sealed document after a change: `Some(doc)` to write (possibly empty: drop the row),

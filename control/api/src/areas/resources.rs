@@ -448,12 +448,7 @@ pub async fn create(api: &Api, req: &AdminRequest, zone: &str) -> Result<Reply, 
 
 /// `GET …/resources/{id}`.
 pub async fn get(api: &Api, zone: &str, id: &str) -> Result<Reply, ApiError> {
-    let (mut tx, _) = open_zone(api, zone).await?;
-    let row = resources::get(&mut tx, id)
-        .await?
-        .ok_or_else(|| Problem::not_found("resource"))?;
-    tx.commit().await?;
-    Ok(Reply::Json(200, to_value(&row)?))
+    super::zone_row(api, zone, "resource", async |c| resources::get(c, id).await).await
 }
 
 /// `PATCH …/resources/{id}` (partial).

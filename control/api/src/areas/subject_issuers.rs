@@ -161,12 +161,10 @@ pub async fn create(api: &Api, req: &AdminRequest, zone: &str) -> Result<Reply, 
 
 /// `GET …/subject-issuers/{id}`.
 pub async fn get(api: &Api, zone: &str, id: &str) -> Result<Reply, ApiError> {
-    let (mut tx, _) = open_zone(api, zone).await?;
-    let row = subject_issuers::get(&mut tx, id)
-        .await?
-        .ok_or_else(|| Problem::not_found("subject_issuer"))?;
-    tx.commit().await?;
-    Ok(Reply::Json(200, to_value(&row)?))
+    super::zone_row(api, zone, "subject_issuer", async |c| {
+        subject_issuers::get(c, id).await
+    })
+    .await
 }
 
 /// `PATCH …/subject-issuers/{id}`.
