@@ -220,19 +220,21 @@ impl Bundles {
         });
     }
 
-    /// Runs [`Bundles::refresh_all`] every `interval` until `shutdown`.
+    /// Runs [`Bundles::refresh_all`] every `interval` until `shutdown`, the first time one
+    /// interval after start.
     pub(crate) async fn poll(
         self: Arc<Self>,
         interval: std::time::Duration,
         mut shutdown: tokio::sync::watch::Receiver<bool>,
     ) {
+        // The first round ran before the replica started serving (`start_with_listener`).
         loop {
-            if let Err(error) = self.refresh_all().await {
-                tracing::warn!(%error, "policy poll failed; keeping cached bundles");
-            }
             tokio::select! {
                 () = tokio::time::sleep(interval) => {}
                 _ = shutdown.changed() => return,
+            }
+            if let Err(error) = self.refresh_all().await {
+                tracing::warn!(%error, "policy poll failed; keeping cached bundles");
             }
         }
     }

@@ -228,6 +228,11 @@ pub async fn start_with_listener(
             shutdown_rx.clone(),
         ));
     }
+    // Every bound zone is loaded before the first request is served; a failure here only
+    // logs: zones then load on first sight and the poll retries.
+    if let Err(error) = bundles.refresh_all().await {
+        tracing::warn!(%error, "initial policy load failed; zones load on first use");
+    }
     let serve = tokio::spawn(server::serve(
         Arc::clone(&state),
         listener,
