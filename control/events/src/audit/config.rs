@@ -70,9 +70,8 @@ pub struct AuditEmitterConfig {
     pub replay_xadd_timeout: Duration,
     /// `AUDIT_REPLAY_MAX_BYTES`: bytes of segments per directory (1 GiB).
     pub replay_max_bytes: u64,
-    /// `AUDIT_REPLAY_MIN_FREE_BYTES` (256 MiB). Parsed and kept, but **not
-    /// enforced**: reading free space needs `statvfs`, which std does not
-    /// expose and this crate may not call without a new dependency.
+    /// `AUDIT_REPLAY_MIN_FREE_BYTES` (256 MiB): a spill that would leave less free space
+    /// on the replay volume is refused like a full directory (0 turns the check off).
     pub replay_min_free_bytes: u64,
     /// A segment is sealed at this size (16 MiB).
     pub segment_max_bytes: u64,

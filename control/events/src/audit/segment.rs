@@ -217,6 +217,8 @@ pub(crate) struct SegmentLimits {
     pub(crate) max_age: Duration,
     /// Bound on all segment bytes of the instance directory.
     pub(crate) dir_max_bytes: u64,
+    /// Free bytes the file system must keep after a write (`AUDIT_REPLAY_MIN_FREE_BYTES`).
+    pub(crate) min_free_bytes: u64,
 }
 
 /// Why a batch could not be written to the replay volume.
@@ -225,6 +227,9 @@ pub(crate) enum SpillError {
     /// `AUDIT_REPLAY_MAX_BYTES` would be exceeded.
     #[error("replay directory bound reached ({used} of {max} bytes used)")]
     Full { used: u64, max: u64 },
+    /// The write would leave less than `AUDIT_REPLAY_MIN_FREE_BYTES` free on the volume.
+    #[error("replay volume low on space ({free} bytes free, {min} must stay free)")]
+    LowSpace { free: u64, min: u64 },
     /// The file system refused.
     #[error("replay volume I/O failed: {0}")]
     Io(#[from] io::Error),
@@ -268,9 +273,26 @@ impl SegmentWriter {
         self.dir_bytes
     }
 
-    /// Whether the directory bound is reached.
+    /// Whether the directory bound is reached or the volume keeps no more than its
+    /// free-space reserve.
     pub(crate) fn is_full(&self) -> bool {
         self.dir_bytes >= self.limits.dir_max_bytes
+            || self
+                .free_bytes()
+                .is_ok_and(|free| free <= self.limits.min_free_bytes)
+    }
+
+    /// Bytes available to this process on the volume of the replay directory (its parent
+    /// while the directory does not exist yet).
+    pub(crate) fn free_bytes(&self) -> io::Result<u64> {
+        let stat = match rustix::fs::statvfs(&self.dir) {
+            Ok(stat) => stat,
+            Err(_missing) => {
+                let parent = self.dir.parent().unwrap_or(&self.dir);
+                rustix::fs::statvfs(parent).map_err(io::Error::from)?
+            }
+        };
+        Ok(stat.f_bavail.saturating_mul(stat.f_frsize))
     }
 
     /// Recounts the bytes in the instance directory (the replayer deletes
@@ -304,6 +326,15 @@ impl SegmentWriter {
                 return Err(SpillError::Full {
                     used: self.dir_bytes,
                     max: self.limits.dir_max_bytes,
+                });
+            }
+        }
+        if self.limits.min_free_bytes > 0 {
+            let free = self.free_bytes()?;
+            if free.saturating_sub(extra) < self.limits.min_free_bytes {
+                return Err(SpillError::LowSpace {
+                    free,
+                    min: self.limits.min_free_bytes,
                 });
             }
         }
@@ -459,6 +490,7 @@ mod tests {
             max_events: 10_000,
             max_age: Duration::from_secs(5),
             dir_max_bytes: 1 << 30,
+            min_free_bytes: 0,
         }
     }
 
@@ -559,6 +591,44 @@ mod tests {
         assert!(is_open_segment_name(&names[2]));
     }
 
+    /// `AUDIT_REPLAY_MIN_FREE_BYTES`: a write that would eat into the volume's reserve is
+    /// refused and nothing is written; with the reserve within reach it is accepted.
+    #[tokio::test]
+    async fn the_free_space_reserve_refuses_the_batch() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("sts-i0");
+        let probe = SegmentWriter::new(dir.clone(), "sts", "i0", limits());
+        let free = probe.free_bytes().unwrap();
+        assert!(free > 0);
+        let event = AuditEvent::new("z", "t").sign(None);
+
+        let mut refused = SegmentWriter::new(
+            dir.clone(),
+            "sts",
+            "i0",
+            SegmentLimits {
+                min_free_bytes: free.saturating_add(1 << 30),
+                ..limits()
+            },
+        );
+        let err = refused.append(std::slice::from_ref(&event)).unwrap_err();
+        assert!(matches!(err, SpillError::LowSpace { .. }), "{err}");
+        assert!(refused.is_full());
+        assert!(!dir.exists(), "nothing was written");
+
+        let mut accepted = SegmentWriter::new(
+            dir.clone(),
+            "sts",
+            "i0",
+            SegmentLimits {
+                min_free_bytes: 1,
+                ..limits()
+            },
+        );
+        accepted.append(std::slice::from_ref(&event)).unwrap();
+        assert!(!accepted.is_full());
+    }
+
     #[tokio::test]
     async fn directory_bound_refuses_the_batch() {
         let tmp = tempfile::tempdir().unwrap();
@@ -568,6 +638,7 @@ mod tests {
             "i0",
             SegmentLimits {
                 dir_max_bytes: 600,
+                min_free_bytes: 0,
                 ..limits()
             },
         );

@@ -107,6 +107,7 @@ impl Shared {
             max_events: config.segment_max_events,
             max_age: config.segment_max_age,
             dir_max_bytes: config.replay_max_bytes,
+            min_free_bytes: config.replay_min_free_bytes,
         };
         let writer = SegmentWriter::new(own_dir.clone(), &config.service, &config.instance, limits);
         Self {
@@ -246,7 +247,9 @@ impl Shared {
                 self.spilled_total
                     .fetch_add(events.len() as u64, Ordering::Relaxed);
             }
-            Err(SpillError::Full { .. }) => self.replay_full.store(true, Ordering::Release),
+            Err(SpillError::Full { .. } | SpillError::LowSpace { .. }) => {
+                self.replay_full.store(true, Ordering::Release);
+            }
             Err(SpillError::Io(_)) => self.replay_writable.store(false, Ordering::Release),
         }
         result

@@ -218,7 +218,7 @@ impl Writer {
                 // Log once per held batch, not on every retry.
                 if !self.holding {
                     match &err {
-                        SpillError::Full { .. } => tracing::error!(
+                        SpillError::Full { .. } | SpillError::LowSpace { .. } => tracing::error!(
                             error = %err,
                             "audit replay volume full and Redis unavailable; holding the batch"
                         ),
