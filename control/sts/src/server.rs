@@ -37,7 +37,15 @@ pub(crate) async fn serve(state: Arc<Sts>, listener: TcpListener, shutdown: watc
 async fn handle(state: &Sts, req: Request<Incoming>) -> Response<Body> {
     Metrics::count(&state.metrics.requests);
     let request_id = control_http::request_id(&req);
-    let response = match route(state, req, request_id.as_str()).await {
+    // In AUDIT_EMIT_MODE=sync the answer waits until the request's audit events are accepted;
+    // one that was not refuses the request, so no token leaves without its evidence.
+    let (routed, accepted) =
+        crate::state::with_audit_receipts(Box::pin(route(state, req, request_id.as_str()))).await;
+    let routed = match accepted {
+        Ok(()) => routed,
+        Err(unavailable) => Err(StsError::AuditUnavailable(unavailable.to_string())),
+    };
+    let response = match routed {
         Ok(response) => response,
         Err(err) => {
             Metrics::count(&state.metrics.errors);

@@ -3,7 +3,11 @@
 use std::sync::Arc;
 
 use control_crypto::Argon2Params;
-use control_events::audit::{AuditEmitter, AuditEvent};
+use std::cell::RefCell;
+
+use control_events::audit::{
+    AuditEmitMode, AuditEmitter, AuditEvent, AuditReceipt, AuditUnavailable,
+};
 use sqlx::PgPool;
 use tokio::sync::Semaphore;
 
@@ -36,13 +40,59 @@ pub(crate) struct Sts {
     pub(crate) outbox: control_events::outbox::OutboxHandle,
 }
 
+tokio::task_local! {
+    /// Acceptance receipts of the audit events the current request emitted
+    /// (`AUDIT_EMIT_MODE=sync`); [`with_audit_receipts`] waits for them before the answer
+    /// leaves.
+    static RECEIPTS: RefCell<Vec<AuditReceipt>>;
+}
+
+/// Runs `work` (one request) collecting the audit receipts it produces, then waits for all
+/// of them. In `sync` mode the caller must not send `work`'s answer unless the second value
+/// is `Ok`; in `async` mode nothing is collected.
+pub(crate) async fn with_audit_receipts<T>(
+    work: impl Future<Output = T>,
+) -> (T, Result<(), AuditUnavailable>) {
+    RECEIPTS
+        .scope(RefCell::new(Vec::new()), async {
+            let out = work.await;
+            let receipts = RECEIPTS.with(|r| std::mem::take(&mut *r.borrow_mut()));
+            let mut accepted = Ok(());
+            for receipt in receipts {
+                if receipt.accepted().await.is_err() {
+                    accepted = Err(AuditUnavailable);
+                }
+            }
+            (out, accepted)
+        })
+        .await
+}
+
 impl Sts {
     /// Hands an event to the emitter; an event that neither the queue, the stream nor the
-    /// replay volume can take refuses the request (settled point 4).
+    /// replay volume can take refuses the request (settled point 4). In `sync` mode the
+    /// event's receipt joins the request's, which the server awaits before answering.
     pub(crate) fn audit(&self, event: AuditEvent) -> Result<(), StsError> {
-        self.audit
-            .emit(event)
-            .map_err(|e| StsError::AuditUnavailable(e.to_string()))
+        match self.audit.emit_mode() {
+            AuditEmitMode::Async => self
+                .audit
+                .emit(event)
+                .map_err(|e| StsError::AuditUnavailable(e.to_string())),
+            AuditEmitMode::Sync => {
+                let receipt = self
+                    .audit
+                    .emit_with_receipt(event)
+                    .map_err(|e| StsError::AuditUnavailable(e.to_string()))?;
+                let mut receipt = Some(receipt);
+                // Outside a request (start-up, sweeps) there is no answer to hold back.
+                let _outside_a_request = RECEIPTS.try_with(|r| {
+                    if let Some(receipt) = receipt.take() {
+                        r.borrow_mut().push(receipt);
+                    }
+                });
+                Ok(())
+            }
+        }
     }
 }
 

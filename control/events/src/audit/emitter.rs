@@ -185,6 +185,16 @@ impl AuditEmitter {
         Ok(())
     }
 
+    /// Reserves a slot and emits `event`, returning its acceptance receipt
+    /// (`AUDIT_EMIT_MODE=sync` callers that cannot await at the emission point).
+    ///
+    /// # Errors
+    ///
+    /// As [`AuditEmitter::reserve`].
+    pub fn emit_with_receipt(&self, event: AuditEvent) -> Result<AuditReceipt, AuditUnavailable> {
+        Ok(self.reserve()?.emit_with_receipt(event))
+    }
+
     /// Reserves a slot and emits `event`, waiting until it is accepted
     /// (`AUDIT_EMIT_MODE=sync`).
     ///
@@ -214,6 +224,25 @@ impl AuditEmitter {
     pub fn health(&self) -> AuditHealth {
         let buffered = self.tx.max_capacity().saturating_sub(self.tx.capacity());
         self.shared.health(buffered)
+    }
+}
+
+/// Resolves when an emitted event was accepted: Redis acknowledged it or its segment write
+/// was fsynced.
+#[derive(Debug)]
+#[must_use = "a receipt is only useful when awaited"]
+pub struct AuditReceipt {
+    accepted: oneshot::Receiver<Result<(), AuditUnavailable>>,
+}
+
+impl AuditReceipt {
+    /// Waits for acceptance.
+    ///
+    /// # Errors
+    ///
+    /// [`AuditUnavailable`] when neither Redis nor the replay volume took the event.
+    pub async fn accepted(self) -> Result<(), AuditUnavailable> {
+        self.accepted.await.unwrap_or(Err(AuditUnavailable))
     }
 }
 
@@ -270,10 +299,18 @@ impl AuditSlot {
     /// [`AuditUnavailable`] when neither Redis nor the replay volume took it
     /// (the event may still be delivered later).
     pub async fn emit_accepted(self, event: AuditEvent) -> Result<(), AuditUnavailable> {
+        self.emit_with_receipt(event).accepted().await
+    }
+
+    /// Signs `event` and hands it off like [`AuditSlot::emit`], returning a receipt that
+    /// resolves once the event is accepted. Never awaits: callers that cannot await where
+    /// they emit collect receipts and wait for them before answering
+    /// (`AUDIT_EMIT_MODE=sync`).
+    pub fn emit_with_receipt(self, event: AuditEvent) -> AuditReceipt {
         let signed = event.sign(self.shared.config.hmac_key.as_ref());
         let (ack, accepted) = oneshot::channel();
         self.hand_off(signed, Some(ack));
-        accepted.await.unwrap_or(Err(AuditUnavailable))
+        AuditReceipt { accepted }
     }
 
     fn hand_off(self, event: SignedAuditEvent, ack: Option<Ack>) {

@@ -40,7 +40,7 @@ mod writer;
 pub use config::{
     AUDIT_HMAC_KEY_VAR, AuditConfigError, AuditEmitMode, AuditEmitterConfig, DEFAULT_REPLAY_DIR,
 };
-pub use emitter::{AuditEmitter, AuditSlot, AuditUnavailable};
+pub use emitter::{AuditEmitter, AuditReceipt, AuditSlot, AuditUnavailable};
 pub use event::{
     AuditDecision, AuditEvent, MAX_EVENT_DATA_BYTES, SignedAuditEvent, format_occurred_at,
 };

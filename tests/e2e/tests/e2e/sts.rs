@@ -1417,3 +1417,49 @@ async fn replicas_report_presence_and_each_policy_load_attempt() -> anyhow::Resu
     }
     Ok(())
 }
+
+/// `AUDIT_EMIT_MODE=sync` (storage §9.1): a mint's answer leaves only after its audit event
+/// is accepted, so the event is on the stream the moment the client reads the token.
+#[tokio::test]
+async fn in_sync_audit_mode_the_event_is_on_the_stream_before_the_answer() -> anyhow::Result<()> {
+    tests_harness::init_logs();
+    let db = TestDb::migrated().await?;
+    scenario(&db).await?;
+    let redis = tests_harness::sts::isolated_redis(9).await?;
+    let sts = StsFixture::start_with(
+        &db,
+        &[
+            ("AUDIT_EMIT_MODE", "sync"),
+            ("REDIS_URL", redis.as_str()),
+            ("AUDIT_REDIS_URL", redis.as_str()),
+        ],
+    )
+    .await?;
+    let mut conn = redis::Client::open(redis.as_str())?
+        .get_multiplexed_async_connection()
+        .await?;
+    for _ in 0..5 {
+        let resp = sts.token(&bootstrap_form(AGENT, "resource://crm")).await?;
+        assert_eq!(resp.status, 200, "{:?}", resp.json());
+        let request_id = resp.header("x-request-id").expect("request id");
+        let entries: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+            .arg("caracal.audit.events")
+            .arg("-")
+            .arg("+")
+            .query_async(&mut conn)
+            .await?;
+        let found = entries
+            .ids
+            .iter()
+            .filter_map(|e| e.get::<String>("data"))
+            .filter_map(|d| serde_json::from_str::<Value>(&d).ok())
+            .any(|e| e["request_id"] == request_id.as_str() && e["event_type"] == "token_exchange");
+        assert!(
+            found,
+            "the event of {request_id} must be on the stream already"
+        );
+    }
+    sts.stop().await;
+    let _flushed = tests_harness::sts::isolated_redis(9).await?;
+    Ok(())
+}
