@@ -342,3 +342,27 @@ async fn decide(
         .await?;
     Ok(Some((row, metadata)))
 }
+
+/// Deletes the zone's terminal holds (consumed, rejected, or expired) whose last transition
+/// is older than `keep_secs` (authority §6.3: 24 h). A hold's last transition is its
+/// `updated_at`, or its `expires_at` when it simply expired. Returns how many were deleted.
+pub async fn purge_terminal(
+    conn: &mut PgConnection,
+    zone_id: &str,
+    keep_secs: i64,
+) -> Result<u64, sqlx::Error> {
+    let done = sqlx::query(
+        "DELETE FROM step_up_challenges \
+          WHERE zone_id = $1 \
+            AND (consumed_at IS NOT NULL OR rejected_at IS NOT NULL OR expires_at <= now()) \
+            AND greatest(updated_at, \
+                         CASE WHEN consumed_at IS NULL AND rejected_at IS NULL \
+                              THEN expires_at ELSE updated_at END) \
+                < now() - make_interval(secs => $2)",
+    )
+    .bind(zone_id)
+    .bind(keep_secs as f64)
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected())
+}

@@ -1,4 +1,6 @@
-//! The STS's periodic maintenance (storage §10.4, §11): signing-key lifecycle transitions.
+//! The STS's periodic maintenance (storage §10.4, §11): signing-key lifecycle transitions
+//! and the purge of terminal approval holds 24 h after their last transition (authority
+//! §6.3; every sweep, which is at least as often as the spec's hourly).
 //! One replica works per tick (a transaction-scoped advisory lock, "CARA0006"); reads go
 //! across zones, writes happen per zone.
 
@@ -6,12 +8,15 @@ use std::{sync::Arc, time::Duration};
 
 use control_model::ZoneId;
 use control_store::{
-    outbox, signing_keys,
+    approvals, outbox, signing_keys,
     zone::{cross_zone_read, zone_tx},
 };
 use sqlx::Connection;
 
 use crate::{error::StsError, state::Sts};
+
+/// How long a terminal approval hold is kept after its last transition.
+const TERMINAL_HOLD_KEEP_SECS: i64 = 24 * 3600;
 
 /// The STS's sweeper lock, `0x4341524130303036` ("CARA0006").
 const STS_SWEEPER_LOCK: i64 = 0x4341_5241_3030_3036;
@@ -69,7 +74,12 @@ pub(crate) async fn sweep(state: &Sts) -> Result<(), StsError> {
         for kid in &retired {
             outbox::enqueue_key_change(&mut tx, zone.as_str(), kid, "retired", None).await?;
         }
+        let purged =
+            approvals::purge_terminal(&mut tx, zone.as_str(), TERMINAL_HOLD_KEEP_SECS).await?;
         tx.commit().await?;
+        if purged > 0 {
+            tracing::info!(zone = %zone, purged, "terminal approval holds purged");
+        }
         if !activated.is_empty() || !retired.is_empty() {
             // The retirements and the binding revisions the key writes triggered.
             state.outbox.wake();

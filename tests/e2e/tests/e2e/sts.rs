@@ -1463,3 +1463,67 @@ async fn in_sync_audit_mode_the_event_is_on_the_stream_before_the_answer() -> an
     let _flushed = tests_harness::sts::isolated_redis(9).await?;
     Ok(())
 }
+
+/// Authority §6.3: the sweeper purges terminal holds (consumed, rejected, expired) 24 h
+/// after their last transition and keeps every other hold.
+#[tokio::test]
+async fn the_sweeper_purges_terminal_holds_a_day_after_their_last_transition() -> anyhow::Result<()>
+{
+    tests_harness::init_logs();
+    let db = TestDb::migrated().await?;
+    scenario(&db).await?;
+    // (id, consumed, rejected, satisfied, expires in hours, last change hours ago, kept)
+    let holds: [(&str, bool, bool, bool, i32, i32, bool); 7] = [
+        ("consumed-old", true, false, true, 1, 25, false),
+        ("consumed-new", true, false, true, 1, 1, true),
+        ("rejected-old", false, true, false, 1, 25, false),
+        ("expired-old", false, false, false, -25, 30, false),
+        ("expired-new", false, false, false, -1, 30, true),
+        ("pending", false, false, false, 1, 30, true),
+        ("approved", false, false, true, 1, 30, true),
+    ];
+    let mut admin = db.admin().await?;
+    for (i, (id, consumed, rejected, satisfied, expires_h, changed_h, _)) in
+        holds.iter().enumerate()
+    {
+        sqlx::query(
+            "INSERT INTO caracal.step_up_challenges (id, zone_id, principal_id, resource_set_hash, \
+               expires_at, satisfied_at, rejected_at, consumed_at, created_at, updated_at) \
+             VALUES ($1, $2, $3, sha256($1::bytea), now() + make_interval(hours => $4), \
+               CASE WHEN $5 THEN now() - make_interval(hours => $7) END, \
+               CASE WHEN $6 THEN now() - make_interval(hours => $7) END, \
+               CASE WHEN $8 THEN now() - make_interval(hours => $7) END, \
+               now() - make_interval(hours => $7), now() - make_interval(hours => $7))",
+        )
+        .bind(id)
+        .bind(ZONE)
+        .bind(format!("principal-{i}"))
+        .bind(expires_h)
+        .bind(satisfied)
+        .bind(rejected)
+        .bind(changed_h)
+        .bind(consumed)
+        .execute(&mut admin)
+        .await?;
+    }
+    let sts = StsFixture::start_with(&db, &[("CARACAL_STS_SWEEP_SECONDS", "1")]).await?;
+    let expected: Vec<&str> = holds.iter().filter(|h| h.6).map(|h| h.0).collect();
+    let mut left: Vec<String> = Vec::new();
+    for _ in 0..50 {
+        left = sqlx::query_scalar(
+            "SELECT id FROM caracal.step_up_challenges WHERE zone_id = $1 ORDER BY id",
+        )
+        .bind(ZONE)
+        .fetch_all(&mut admin)
+        .await?;
+        if left.len() == expected.len() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let mut expected: Vec<String> = expected.into_iter().map(str::to_owned).collect();
+    expected.sort();
+    assert_eq!(left, expected);
+    sts.stop().await;
+    Ok(())
+}
