@@ -1,9 +1,9 @@
 //! Counters for `/metrics` (Prometheus text) and `/metrics.json`, with the outbox
-//! dispatcher's counters and gauges (storage §7.3 step 6).
+//! dispatcher's counters and gauges (storage §7.3 step 6) and the audit emitter's (§9).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use control_events::outbox::OutboxSnapshot;
+use control_events::{audit::AuditHealth, outbox::OutboxSnapshot};
 
 /// Request and outcome counters.
 #[derive(Debug, Default)]
@@ -19,9 +19,14 @@ impl Metrics {
         counter.fetch_add(1, Ordering::Relaxed);
     }
 
-    fn values(&self, outbox: &OutboxSnapshot) -> [(&'static str, &'static str, Kind, u64); 11] {
+    fn values(
+        &self,
+        outbox: &OutboxSnapshot,
+        audit: &AuditHealth,
+    ) -> Vec<(&'static str, &'static str, Kind, u64)> {
         let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
-        [
+        let flag = |on: bool| u64::from(on);
+        vec![
             (
                 "caracal_sts_requests_total",
                 "HTTP requests received",
@@ -88,13 +93,85 @@ impl Metrics {
                 Kind::Gauge,
                 outbox.last_publish_latency_ms,
             ),
+            (
+                "caracal_sts_audit_redis_ok",
+                "1 while the audit writer's last Redis operation succeeded",
+                Kind::Gauge,
+                flag(audit.redis_ok),
+            ),
+            (
+                "caracal_sts_audit_replay_writable",
+                "1 while the replay directory passed its last probe and write",
+                Kind::Gauge,
+                flag(audit.replay_writable),
+            ),
+            (
+                "caracal_sts_audit_replay_full",
+                "1 while the replay directory bound or the free-space reserve is reached",
+                Kind::Gauge,
+                flag(audit.replay_full),
+            ),
+            (
+                "caracal_sts_audit_evidence_lost",
+                "1 when an audit event was refused or lost in the last 5 minutes",
+                Kind::Gauge,
+                flag(audit.evidence_lost),
+            ),
+            (
+                "caracal_sts_audit_buffered",
+                "audit queue slots in use",
+                Kind::Gauge,
+                u64::try_from(audit.buffered).unwrap_or(u64::MAX),
+            ),
+            (
+                "caracal_sts_audit_replay_dir_bytes",
+                "bytes of replay segments of this instance",
+                Kind::Gauge,
+                audit.replay_dir_bytes,
+            ),
+            (
+                "caracal_sts_audit_xadded_total",
+                "audit events acknowledged by Redis from the queue",
+                Kind::Counter,
+                audit.xadded_total,
+            ),
+            (
+                "caracal_sts_audit_spilled_total",
+                "audit events written to fsynced replay segments",
+                Kind::Counter,
+                audit.spilled_total,
+            ),
+            (
+                "caracal_sts_audit_replayed_total",
+                "audit events replayed from segments to the stream",
+                Kind::Counter,
+                audit.replayed_total,
+            ),
+            (
+                "caracal_sts_audit_quarantined_total",
+                "unparseable replay lines moved to quarantine",
+                Kind::Counter,
+                audit.quarantined_total,
+            ),
+            (
+                "caracal_sts_audit_dropped_total",
+                "accepted audit events that could not be persisted",
+                Kind::Counter,
+                audit.dropped_total,
+            ),
+            (
+                "caracal_sts_audit_refused_total",
+                "requests refused because no audit slot could be reserved",
+                Kind::Counter,
+                audit.refused_total,
+            ),
         ]
     }
 
     /// The Prometheus text exposition.
-    pub(crate) fn prometheus(&self, outbox: &OutboxSnapshot) -> String {
+    pub(crate) fn prometheus(&self, outbox: &OutboxSnapshot, audit: &AuditHealth) -> String {
         let mut out = String::new();
-        for (name, help, kind, value) in self.values(outbox) {
+        for (name, help, kind, value) in self.values(outbox, audit) {
             let kind = match kind {
                 Kind::Counter => "counter",
                 Kind::Gauge => "gauge",
@@ -107,9 +184,9 @@ impl Metrics {
     }
 
     /// The same values as JSON.
-    pub(crate) fn json(&self, outbox: &OutboxSnapshot) -> serde_json::Value {
+    pub(crate) fn json(&self, outbox: &OutboxSnapshot, audit: &AuditHealth) -> serde_json::Value {
         let map: serde_json::Map<String, serde_json::Value> = self
-            .values(outbox)
+            .values(outbox, audit)
             .iter()
             .map(|(name, _, _, value)| ((*name).to_owned(), (*value).into()))
             .collect();

@@ -64,10 +64,17 @@ pub(crate) fn metrics(state: &Sts, req: &Request<Incoming>, as_json: bool) -> ht
         );
     }
     if as_json {
-        respond::json(200, &state.metrics.json(&state.outbox.stats().snapshot()))
+        respond::json(
+            200,
+            &state
+                .metrics
+                .json(&state.outbox.stats().snapshot(), &state.audit.health()),
+        )
     } else {
         let mut response = http::Response::new(http_body_util::Full::new(bytes::Bytes::from(
-            state.metrics.prometheus(&state.outbox.stats().snapshot()),
+            state
+                .metrics
+                .prometheus(&state.outbox.stats().snapshot(), &state.audit.health()),
         )));
         response.headers_mut().insert(
             header::CONTENT_TYPE,

@@ -1527,3 +1527,38 @@ async fn the_sweeper_purges_terminal_holds_a_day_after_their_last_transition() -
     sts.stop().await;
     Ok(())
 }
+
+/// `/metrics` and `/metrics.json` carry the audit emitter's state and counters.
+#[tokio::test]
+async fn metrics_report_the_audit_emitter() -> anyhow::Result<()> {
+    let (_db, sts) = start().await?;
+    let resp = sts.token(&bootstrap_form(AGENT, "resource://crm")).await?;
+    assert_eq!(resp.status, 200);
+    let mut acknowledged = false;
+    for _ in 0..50 {
+        let metrics = http::get(sts.addr, "/metrics.json").await?.json()?;
+        assert_eq!(metrics["caracal_sts_audit_replay_writable"], 1, "{metrics}");
+        assert_eq!(metrics["caracal_sts_audit_evidence_lost"], 0, "{metrics}");
+        if metrics["caracal_sts_audit_xadded_total"]
+            .as_u64()
+            .unwrap_or(0)
+            >= 1
+        {
+            assert_eq!(metrics["caracal_sts_audit_redis_ok"], 1, "{metrics}");
+            acknowledged = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(acknowledged, "the mint's event was acknowledged by Redis");
+    let text = String::from_utf8_lossy(&http::get(sts.addr, "/metrics").await?.body).into_owned();
+    for name in [
+        "# TYPE caracal_sts_audit_spilled_total counter",
+        "# TYPE caracal_sts_audit_replay_full gauge",
+        "caracal_sts_audit_dropped_total 0",
+    ] {
+        assert!(text.contains(name), "{name} in {text}");
+    }
+    sts.stop().await;
+    Ok(())
+}
