@@ -80,6 +80,9 @@ pub struct FanoutStats {
     pub failures: AtomicU64,
     /// Entries moved to the dead-letter stream.
     pub dead_lettered: AtomicU64,
+    /// The consumer holds a connection and its group exists (false while Redis is away or
+    /// before the first round): `/ready` reports `stream_consumers_not_ready`.
+    pub connected: std::sync::atomic::AtomicBool,
 }
 
 /// Failures before an entry is dead-lettered.
@@ -136,6 +139,9 @@ pub fn spawn(
                     .get_multiplexed_async_connection_with_config(&config_conn)
                     .await?;
                 ensure_group(&mut conn, &config).await?;
+                stats
+                    .connected
+                    .store(true, std::sync::atomic::Ordering::Release);
                 loop {
                     let claimed = reclaim(&mut conn, &config).await?;
                     process(&mut conn, &config, &handler, &stats, claimed).await?;
@@ -147,6 +153,7 @@ pub fn spawn(
             };
             tokio::select! {
                 result = round => {
+                    stats.connected.store(false, std::sync::atomic::Ordering::Release);
                     if let Err(error) = result {
                         tracing::warn!(stream = %config.stream, %error, "stream consumer interrupted; retrying");
                     }

@@ -159,7 +159,12 @@ pub async fn start_with_listener(
     let argon2_params = control_crypto::Argon2Params::from_lookup(lookup)
         .map_err(|e| ConfigError(e.to_string()))?;
     let cpus = std::thread::available_parallelism().map_or(2, std::num::NonZero::get);
+    let consumers = [
+        Arc::new(control_events::fanout::FanoutStats::default()),
+        Arc::new(control_events::fanout::FanoutStats::default()),
+    ];
     let state = Arc::new(state::Sts {
+        consumers: consumers.clone(),
         keys: keys::ZoneKeys::new(
             pool.clone(),
             config.kek.clone(),
@@ -200,10 +205,13 @@ pub async fn start_with_listener(
     let mut tasks = Vec::new();
     let client = redis::Client::open(config.redis_url.as_str())
         .map_err(|e| StsStartError::Redis(e.to_string()))?;
-    for (stream, base) in [
+    for ((stream, base), stats) in [
         (control_events::streams::POLICY_INVALIDATE, "sts-policy"),
         (control_events::streams::KEYS_INVALIDATE, "sts-keys"),
-    ] {
+    ]
+    .into_iter()
+    .zip(consumers)
+    {
         let fanout = control_events::fanout::FanoutConfig {
             stream: stream.to_owned(),
             group_base: base.to_owned(),
@@ -224,7 +232,7 @@ pub async fn start_with_listener(
             client.clone(),
             fanout,
             invalidation_handler(stream, Arc::clone(&state)),
-            Arc::new(control_events::fanout::FanoutStats::default()),
+            stats,
             shutdown_rx.clone(),
         ));
     }

@@ -9,8 +9,9 @@ use crate::{
     state::Sts,
 };
 
-/// 200 `{"ok":true,"ready":true}` when Postgres and Redis answer, audit evidence can be
-/// kept and the outbox is within its thresholds; otherwise 503 with the first failing reason.
+/// 200 `{"ok":true,"ready":true}` when Postgres and Redis answer, the invalidation
+/// consumers are connected, audit evidence can be kept and the outbox is within its
+/// thresholds; otherwise 503 with the first failing reason.
 pub(crate) async fn ready(state: &Sts) -> http::Response<Body> {
     let postgres = tokio::time::timeout(
         std::time::Duration::from_secs(2),
@@ -24,6 +25,12 @@ pub(crate) async fn ready(state: &Sts) -> http::Response<Body> {
         Some("zone_kek_mismatch")
     } else if state.redis.ping().await.is_err() {
         Some("redis_unreachable")
+    } else if !state
+        .consumers
+        .iter()
+        .all(|c| c.connected.load(std::sync::atomic::Ordering::Acquire))
+    {
+        Some("stream_consumers_not_ready")
     } else {
         let health = state.audit.health();
         if health.evidence_lost {

@@ -38,6 +38,9 @@ pub(crate) struct Sts {
     /// The outbox dispatcher of producer `sts`: woken after commits that enqueue rows; its
     /// stats feed `/metrics` and `/ready`.
     pub(crate) outbox: control_events::outbox::OutboxHandle,
+    /// The invalidation consumers (`caracal.policy.invalidate`, `caracal.keys.invalidate`):
+    /// `/ready` needs both connected.
+    pub(crate) consumers: [Arc<control_events::fanout::FanoutStats>; 2],
 }
 
 tokio::task_local! {

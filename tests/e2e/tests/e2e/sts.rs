@@ -1289,7 +1289,7 @@ async fn a_replica_with_the_wrong_kek_stays_unready_and_never_signs() -> anyhow:
     scenario(&db).await?;
 
     let good = StsFixture::start(&db).await?;
-    assert_eq!(http::get(good.addr, "/ready").await?.status, 200);
+    assert_eq!(ready_within(&good, 5).await?, 200);
     assert_eq!(
         good.token(&bootstrap_form(AGENT, "resource://crm"))
             .await?
@@ -1560,5 +1560,61 @@ async fn metrics_report_the_audit_emitter() -> anyhow::Result<()> {
         assert!(text.contains(name), "{name} in {text}");
     }
     sts.stop().await;
+    Ok(())
+}
+
+/// Polls `/ready` for up to `secs` seconds; returns the last status.
+async fn ready_within(sts: &StsFixture, secs: u64) -> anyhow::Result<u16> {
+    let mut status = 0;
+    for _ in 0..secs * 20 {
+        status = http::get(sts.addr, "/ready").await?.status;
+        if status == 200 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    Ok(status)
+}
+
+/// wire-contract §2.11: a replica whose invalidation consumers cannot read their stream is
+/// not ready (`stream_consumers_not_ready`); it becomes ready once they can.
+#[tokio::test]
+async fn a_replica_whose_invalidation_consumers_cannot_read_is_not_ready() -> anyhow::Result<()> {
+    tests_harness::init_logs();
+    let db = TestDb::migrated().await?;
+    scenario(&db).await?;
+    let redis = tests_harness::sts::isolated_redis(10).await?;
+    let mut conn = redis::Client::open(redis.as_str())?
+        .get_multiplexed_async_connection()
+        .await?;
+    // The keys stream's name holds a plain string: creating the group fails (WRONGTYPE).
+    let _: () = redis::cmd("SET")
+        .arg("caracal.keys.invalidate")
+        .arg("not a stream")
+        .query_async(&mut conn)
+        .await?;
+    let sts = StsFixture::start_with(
+        &db,
+        &[
+            ("REDIS_URL", redis.as_str()),
+            ("AUDIT_REDIS_URL", redis.as_str()),
+        ],
+    )
+    .await?;
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let ready = http::get(sts.addr, "/ready").await?;
+    assert_eq!(ready.status, 503);
+    assert_eq!(ready.json()?["reason"], "stream_consumers_not_ready");
+    let _: () = redis::cmd("DEL")
+        .arg("caracal.keys.invalidate")
+        .query_async(&mut conn)
+        .await?;
+    assert_eq!(
+        ready_within(&sts, 10).await?,
+        200,
+        "the consumer retries and connects"
+    );
+    sts.stop().await;
+    let _flushed = tests_harness::sts::isolated_redis(10).await?;
     Ok(())
 }
