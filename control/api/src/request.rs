@@ -69,6 +69,11 @@ impl AdminRequest {
             .map(|(_, v)| v.as_str())
     }
 
+    /// A filter parameter: absent or empty means no filter.
+    pub fn filter(&self, name: &str) -> Option<&str> {
+        self.query(name).filter(|v| !v.is_empty())
+    }
+
     /// Refuses query parameters outside `allowed` (besides `cursor` and `limit`).
     pub fn only_query(&self, allowed: &[&str]) -> Result<(), Problem> {
         match self

@@ -43,6 +43,52 @@ pub async fn enqueue(
     Ok(inserted.rows_affected() == 1)
 }
 
+/// One outbox message of a batch: dedupe key and flat payload.
+#[derive(Debug, Clone)]
+pub struct BatchMessage {
+    /// Names the transition once (storage §7.2).
+    pub dedupe_key: String,
+    /// The stream fields.
+    pub payload: serde_json::Value,
+}
+
+/// Enqueues `messages` on `topic` for producer `producer` in one statement (storage §7.2:
+/// `ON CONFLICT … DO NOTHING` on the dedupe key); returns how many rows were new.
+pub async fn enqueue_batch(
+    conn: &mut PgConnection,
+    producer: &str,
+    zone_id: &str,
+    topic: &str,
+    messages: &[BatchMessage],
+    request_id: Option<&str>,
+) -> Result<u64, sqlx::Error> {
+    if messages.is_empty() {
+        return Ok(0);
+    }
+    let ids: Vec<String> = messages
+        .iter()
+        .map(|_| uuid::Uuid::now_v7().to_string())
+        .collect();
+    let keys: Vec<&str> = messages.iter().map(|m| m.dedupe_key.as_str()).collect();
+    let payloads: Vec<serde_json::Value> = messages.iter().map(|m| m.payload.clone()).collect();
+    Ok(sqlx::query(
+        "INSERT INTO event_outbox (id, producer, zone_id, topic, dedupe_key, payload_json, request_id) \
+         SELECT m.id, $4, $5, $6, m.dedupe_key, m.payload, $7 \
+           FROM unnest($1::text[], $2::text[], $3::jsonb[]) AS m(id, dedupe_key, payload) \
+         ON CONFLICT (producer, topic, dedupe_key) WHERE dedupe_key IS NOT NULL DO NOTHING",
+    )
+    .bind(&ids)
+    .bind(&keys)
+    .bind(&payloads)
+    .bind(producer)
+    .bind(zone_id)
+    .bind(topic)
+    .bind(request_id)
+    .execute(conn)
+    .await?
+    .rows_affected())
+}
+
 /// Announces a zone signing-key change on `caracal.keys.invalidate` (storage §6.1) in the
 /// caller's transaction: `reason` is `created`, `rotated` or `retired`; the dedupe key
 /// `keys:<kid>:<reason>` names the transition once.

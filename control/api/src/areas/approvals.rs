@@ -47,7 +47,7 @@ pub struct Decide {
 }
 
 fn query_time(req: &AdminRequest, name: &str) -> Result<Option<DateTime<Utc>>, Problem> {
-    match req.query(name).filter(|v| !v.is_empty()) {
+    match req.filter(name) {
         None => Ok(None),
         Some(raw) => DateTime::parse_from_rfc3339(raw)
             .map(|t| Some(t.with_timezone(&Utc)))
@@ -64,7 +64,7 @@ fn query_time(req: &AdminRequest, name: &str) -> Result<Option<DateTime<Utc>>, P
 /// `GET …/approvals`.
 pub async fn list(api: &Api, req: &AdminRequest, zone: &str) -> Result<Reply, ApiError> {
     req.only_query(&["state", "tier", "principal", "since", "until"])?;
-    let state = req.query("state").filter(|v| !v.is_empty());
+    let state = req.filter("state");
     if state.is_some_and(|s| !STATES.contains(&s)) {
         return Err(Problem::new(
             400,
@@ -75,8 +75,8 @@ pub async fn list(api: &Api, req: &AdminRequest, zone: &str) -> Result<Reply, Ap
     }
     let filter = ApprovalFilter {
         state,
-        tier: req.query("tier").filter(|v| !v.is_empty()),
-        principal: req.query("principal").filter(|v| !v.is_empty()),
+        tier: req.filter("tier"),
+        principal: req.filter("principal"),
         since: query_time(req, "since")?,
         until: query_time(req, "until")?,
     };

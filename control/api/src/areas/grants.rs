@@ -5,11 +5,12 @@
 //! `caracal.sessions.revoke` with reason `grant_revoked` and the `grant_id`.
 
 use control_events::streams::SESSIONS_REVOKE;
+use control_store::outbox::{self, BatchMessage};
 use control_store::{
     admin::{
         applications,
         grants::{self, GrantFilter, GrantRow, NewGrant},
-        subjects::{self, BatchMessage, RecordSelector},
+        subjects::{self, RecordSelector},
     },
     outbox::PRODUCER_API,
 };
@@ -59,11 +60,6 @@ pub fn check_subject(path: &str, value: &str) -> Result<(), Problem> {
     Ok(())
 }
 
-/// A filter value: absent or empty means no filter.
-fn filter<'a>(req: &'a AdminRequest, name: &str) -> Option<&'a str> {
-    req.query(name).filter(|v| !v.is_empty())
-}
-
 /// `GET …/grants`.
 pub async fn list(api: &Api, req: &AdminRequest, zone: &str) -> Result<Reply, ApiError> {
     req.only_query(&[
@@ -74,7 +70,7 @@ pub async fn list(api: &Api, req: &AdminRequest, zone: &str) -> Result<Reply, Ap
         "status",
         "scopes",
     ])?;
-    let status = filter(req, "status");
+    let status = req.filter("status");
     if status.is_some_and(|s| !STATUSES.contains(&s)) {
         return Err(Problem::new(
             400,
@@ -83,7 +79,7 @@ pub async fn list(api: &Api, req: &AdminRequest, zone: &str) -> Result<Reply, Ap
         )
         .into());
     }
-    let scopes: Option<Vec<String>> = filter(req, "scopes").map(|raw| {
+    let scopes: Option<Vec<String>> = req.filter("scopes").map(|raw| {
         raw.split(',')
             .map(str::trim)
             .filter(|s| !s.is_empty())
@@ -94,10 +90,10 @@ pub async fn list(api: &Api, req: &AdminRequest, zone: &str) -> Result<Reply, Ap
         return Err(Problem::new(400, "invalid_query", "at most 64 scopes").into());
     }
     let grant_filter = GrantFilter {
-        application_id: filter(req, "application_id"),
-        user_id: filter(req, "user_id"),
-        resource_id: filter(req, "resource_id"),
-        provider_id: filter(req, "provider_id"),
+        application_id: req.filter("application_id"),
+        user_id: req.filter("user_id"),
+        resource_id: req.filter("resource_id"),
+        provider_id: req.filter("provider_id"),
         status,
         scopes: scopes.as_deref(),
     };
@@ -215,7 +211,7 @@ pub async fn delete(
                     }),
                 })
                 .collect();
-            subjects::enqueue_batch(
+            outbox::enqueue_batch(
                 &mut tx,
                 PRODUCER_API,
                 zone_id.as_str(),

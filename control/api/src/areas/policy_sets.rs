@@ -9,6 +9,7 @@
 //! to the outbox, which the API's dispatcher publishes after the commit. Activation status
 //! reads that outbox row and what every live STS and gateway replica reported to Redis.
 
+use control_store::admin::Archivable;
 use std::collections::{BTreeSet, HashMap};
 
 use chrono::Utc;
@@ -475,7 +476,7 @@ pub async fn delete(
         return Err(set_not_found().into());
     }
     let was_active = policy_sets::remove_binding(&mut tx, id).await?;
-    policy_sets::archive(&mut tx, id, &req.principal.id).await?;
+    control_store::admin::archive(&mut tx, Archivable::PolicySet, id, &req.principal.id).await?;
     let mut outbox_id = None;
     if was_active.is_some() {
         let message_id = uuid::Uuid::now_v7().to_string();
@@ -901,8 +902,8 @@ pub async fn activation_status(
     id: &str,
 ) -> Result<Reply, ApiError> {
     req.only_query(&["version_id", "outbox_id"])?;
-    let asked_version = req.query("version_id").filter(|v| !v.is_empty());
-    let asked_outbox = req.query("outbox_id").filter(|v| !v.is_empty());
+    let asked_version = req.filter("version_id");
+    let asked_outbox = req.filter("outbox_id");
     let (mut tx, zone_id) = open_zone(api, zone).await?;
     let set = policy_sets::get(&mut tx, id)
         .await?

@@ -11,6 +11,7 @@
 //! 400 `credential_provider_required`. Only the control resource (identifier
 //! `caracal-control`, the default `CONTROL_AUDIENCE`) may have no `upstream_url`.
 
+use control_store::admin::Archivable;
 use control_store::admin::{
     providers,
     resources::{self, ResourceOperation, ResourceRateLimit, ResourceRow, ResourceState},
@@ -540,7 +541,7 @@ pub async fn delete(
     id: &str,
 ) -> Result<Reply, ApiError> {
     let (mut tx, zone_id) = open_zone(api, zone).await?;
-    if !resources::archive(&mut tx, id, &req.principal.id).await? {
+    if !control_store::admin::archive(&mut tx, Archivable::Resource, id, &req.principal.id).await? {
         return Err(Problem::not_found("resource").into());
     }
     resources::unbind(&mut tx, id).await?;

@@ -4,6 +4,7 @@
 //! STS's own fetch rule); at most 20 live issuers per zone; values are stored and echoed
 //! exactly as sent. Deleting an issuer archives it, and the STS stops accepting its tokens.
 
+use control_store::admin::Archivable;
 use control_store::admin::subject_issuers::{self, NewSubjectIssuer, SubjectIssuerAdminRow};
 use http::Method;
 use schemars::JsonSchema;
@@ -210,7 +211,9 @@ pub async fn delete(
     id: &str,
 ) -> Result<Reply, ApiError> {
     let (mut tx, zone_id) = open_zone(api, zone).await?;
-    if !subject_issuers::archive(&mut tx, id, &req.principal.id).await? {
+    if !control_store::admin::archive(&mut tx, Archivable::SubjectIssuer, id, &req.principal.id)
+        .await?
+    {
         return Err(Problem::not_found("subject_issuer").into());
     }
     audit::commit_zone(

@@ -19,8 +19,9 @@
 //! audit row. A second call finds nothing active and changes nothing: it is idempotent.
 
 use control_events::streams::{AGENTS_LIFECYCLE, DELEGATIONS_INVALIDATE, SESSIONS_REVOKE};
+use control_store::outbox::{self, BatchMessage};
 use control_store::{
-    admin::subjects::{self, BatchMessage, RecordSelector, TerminatedSession},
+    admin::subjects::{self, RecordSelector, TerminatedSession},
     outbox::PRODUCER_API,
 };
 use http::Method;
@@ -152,7 +153,7 @@ pub async fn revoke(api: &Api, req: &AdminRequest, zone: &str) -> Result<Reply, 
                 payload: revoke_message(z, ("session_id", id), SUBJECT_REVOKED),
             })
             .collect();
-        subjects::enqueue_batch(
+        outbox::enqueue_batch(
             &mut tx,
             PRODUCER_API,
             z,
@@ -173,7 +174,7 @@ pub async fn revoke(api: &Api, req: &AdminRequest, zone: &str) -> Result<Reply, 
         subjects::terminate_bound_sessions(&mut tx, &body.subject_id, SUBJECT_REVOKED, actor)
             .await?;
     let (revokes, lifecycle) = session_messages(z, &sessions);
-    subjects::enqueue_batch(
+    outbox::enqueue_batch(
         &mut tx,
         PRODUCER_API,
         z,
@@ -182,7 +183,7 @@ pub async fn revoke(api: &Api, req: &AdminRequest, zone: &str) -> Result<Reply, 
         Some(&req.request_id),
     )
     .await?;
-    subjects::enqueue_batch(
+    outbox::enqueue_batch(
         &mut tx,
         PRODUCER_API,
         z,
@@ -222,7 +223,7 @@ pub async fn revoke(api: &Api, req: &AdminRequest, zone: &str) -> Result<Reply, 
                 }),
             })
             .collect();
-        subjects::enqueue_batch(
+        outbox::enqueue_batch(
             &mut tx,
             PRODUCER_API,
             z,
@@ -231,7 +232,7 @@ pub async fn revoke(api: &Api, req: &AdminRequest, zone: &str) -> Result<Reply, 
             Some(&req.request_id),
         )
         .await?;
-        subjects::enqueue_batch(
+        outbox::enqueue_batch(
             &mut tx,
             PRODUCER_API,
             z,

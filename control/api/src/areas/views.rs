@@ -20,18 +20,13 @@ const RECORD_STATUSES: [&str; 3] = ["active", "revoked", "expired"];
 const KINDS: [&str; 2] = ["user", "application"];
 const SESSION_STATUSES: [&str; 4] = ["active", "suspended", "terminated", "expired"];
 
-/// A filter value: absent or empty means no filter.
-fn filter<'a>(req: &'a AdminRequest, name: &str) -> Option<&'a str> {
-    req.query(name).filter(|v| !v.is_empty())
-}
-
 /// A filter restricted to `allowed` values.
 fn one_of<'a>(
     req: &'a AdminRequest,
     name: &'static str,
     allowed: &[&str],
 ) -> Result<Option<&'a str>, Problem> {
-    match filter(req, name) {
+    match req.filter(name) {
         Some(v) if !allowed.contains(&v) => Err(Problem::new(
             400,
             "invalid_query",
@@ -49,9 +44,9 @@ pub async fn authority_records(
 ) -> Result<Reply, ApiError> {
     req.only_query(&["authority_record_id", "status", "subject_id", "kind"])?;
     let filter = RecordFilter {
-        authority_record_id: filter(req, "authority_record_id"),
+        authority_record_id: req.filter("authority_record_id"),
         status: one_of(req, "status", &RECORD_STATUSES)?,
-        subject_id: filter(req, "subject_id"),
+        subject_id: req.filter("subject_id"),
         kind: one_of(req, "kind", &KINDS)?,
     };
     super::zone_page(api, zone, &req.page()?, async |c, p| {
@@ -69,10 +64,10 @@ pub async fn sessions(api: &Api, req: &AdminRequest, zone: &str) -> Result<Reply
         "authority_record_id",
     ])?;
     let filter = SessionFilter {
-        subject_id: filter(req, "subject_id"),
+        subject_id: req.filter("subject_id"),
         status: one_of(req, "status", &SESSION_STATUSES)?,
-        application_id: filter(req, "application_id"),
-        authority_record_id: filter(req, "authority_record_id"),
+        application_id: req.filter("application_id"),
+        authority_record_id: req.filter("authority_record_id"),
     };
     super::zone_page(api, zone, &req.page()?, async |c, p| {
         views::agent_sessions(c, &filter, p).await

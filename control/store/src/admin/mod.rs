@@ -28,6 +28,12 @@ pub enum Archivable {
     Application,
     /// `policies`.
     Policy,
+    /// `policy_sets`.
+    PolicySet,
+    /// `resources`.
+    Resource,
+    /// `subject_issuers`.
+    SubjectIssuer,
 }
 
 impl Archivable {
@@ -43,6 +49,18 @@ impl Archivable {
             }
             Archivable::Policy => {
                 "UPDATE policies SET archived_at = now(), updated_at = now(), updated_by = $2 \
+                 WHERE id = $1 AND archived_at IS NULL"
+            }
+            Archivable::PolicySet => {
+                "UPDATE policy_sets SET archived_at = now(), updated_at = now(), updated_by = $2 \
+                 WHERE id = $1 AND archived_at IS NULL"
+            }
+            Archivable::Resource => {
+                "UPDATE resources SET archived_at = now(), updated_at = now(), updated_by = $2 \
+                 WHERE id = $1 AND archived_at IS NULL"
+            }
+            Archivable::SubjectIssuer => {
+                "UPDATE subject_issuers SET archived_at = now(), updated_at = now(), updated_by = $2 \
                  WHERE id = $1 AND archived_at IS NULL"
             }
         }

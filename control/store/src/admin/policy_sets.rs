@@ -198,19 +198,6 @@ pub async fn insert(
     get(conn, id).await?.ok_or(sqlx::Error::RowNotFound)
 }
 
-/// Archives the live set `id`; false when there is none.
-pub async fn archive(conn: &mut PgConnection, id: &str, actor: &str) -> Result<bool, sqlx::Error> {
-    let done = sqlx::query(
-        "UPDATE policy_sets SET archived_at = now(), updated_at = now(), updated_by = $2 \
-         WHERE id = $1 AND archived_at IS NULL",
-    )
-    .bind(id)
-    .bind(actor)
-    .execute(conn)
-    .await?;
-    Ok(done.rows_affected() == 1)
-}
-
 /// Takes the zone's activation lock (transaction-scoped advisory lock
 /// `caracal:policy_activation:<zone>`): activations and set deletions of one zone run one
 /// after the other, so the one-active-set rule never trips on a race.

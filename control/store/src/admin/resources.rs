@@ -211,19 +211,6 @@ pub async fn update(
     Ok(done.rows_affected() == 1)
 }
 
-/// Archives a live resource; false when there is none.
-pub async fn archive(conn: &mut PgConnection, id: &str, actor: &str) -> Result<bool, sqlx::Error> {
-    let done = sqlx::query(
-        "UPDATE resources SET archived_at = now(), updated_at = now(), updated_by = $2 \
-         WHERE id = $1 AND archived_at IS NULL",
-    )
-    .bind(id)
-    .bind(actor)
-    .execute(conn)
-    .await?;
-    Ok(done.rows_affected() == 1)
-}
-
 /// Makes the resource routable under `identifier` (creates its binding, or re-keys it
 /// after an identifier change).
 pub async fn bind(

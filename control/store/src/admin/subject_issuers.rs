@@ -153,17 +153,3 @@ pub async fn update(
     .fetch_optional(conn)
     .await
 }
-
-/// Archives a live issuer; false when there is none.
-pub async fn archive(conn: &mut PgConnection, id: &str, actor: &str) -> Result<bool, sqlx::Error> {
-    Ok(sqlx::query(
-        "UPDATE subject_issuers SET archived_at = now(), updated_at = now(), updated_by = $2 \
-          WHERE id = $1 AND archived_at IS NULL",
-    )
-    .bind(id)
-    .bind(actor)
-    .execute(conn)
-    .await?
-    .rows_affected()
-        == 1)
-}
