@@ -27,6 +27,11 @@ pub struct StsFixture {
     pub streams_key_hex: String,
     /// The replay directory (deleted with the fixture).
     pub replay_dir: tempfile::TempDir,
+    /// `CARACAL_INSTANCE_ID`: unique per fixture. Ports are reused between tests and Redis
+    /// keeps consumer groups, so a port-derived id would resume an earlier replica's group
+    /// and replay the messages published since it stopped.
+    pub instance_id: String,
+    redis_url: String,
 }
 
 impl StsFixture {
@@ -44,6 +49,7 @@ impl StsFixture {
         let kek_hex = "7a".repeat(32);
         let audit_key_hex = "5c".repeat(32);
         let streams_key_hex = "3d".repeat(32);
+        let instance_id = format!("sts-test-{}-{}", addr.port(), uuid::Uuid::new_v4().simple());
         let mut env: HashMap<String, String> = HashMap::from([
             ("DATABASE_URL".to_owned(), db.url()),
             ("REDIS_URL".to_owned(), redis_url()),
@@ -56,10 +62,7 @@ impl StsFixture {
                 "AUDIT_REPLAY_DIR".to_owned(),
                 replay_dir.path().display().to_string(),
             ),
-            (
-                "CARACAL_INSTANCE_ID".to_owned(),
-                format!("sts-test-{}", addr.port()),
-            ),
+            ("CARACAL_INSTANCE_ID".to_owned(), instance_id.clone()),
             ("CARACAL_DB_POOL_MAX".to_owned(), "4".to_owned()),
             ("CARACAL_DB_POOL_MIN".to_owned(), "0".to_owned()),
             ("CARACAL_ARGON2_M_KIB".to_owned(), "8".to_owned()),
@@ -69,6 +72,7 @@ impl StsFixture {
         for (k, v) in overrides {
             env.insert((*k).to_owned(), (*v).to_owned());
         }
+        let redis_url = env.get("REDIS_URL").cloned().unwrap_or_else(redis_url);
         let lookup = move |name: &str| env.get(name).cloned().filter(|v| !v.is_empty());
         let config = StsConfig::from_lookup(&lookup)?;
         let handle = control_sts::start_with_listener(config, &lookup, listener).await?;
@@ -80,6 +84,8 @@ impl StsFixture {
             audit_key_hex,
             streams_key_hex,
             replay_dir,
+            instance_id,
+            redis_url,
         })
     }
 
@@ -88,10 +94,29 @@ impl StsFixture {
         http::post_form(self.addr, "/oauth/2/token", form).await
     }
 
-    /// Stops the STS and waits for its tasks.
+    /// Stops the STS, waits for its tasks, and removes its consumer groups (best effort:
+    /// the shared test Redis would otherwise collect one pair per fixture).
     pub async fn stop(mut self) {
         if let Some(handle) = self.handle.take() {
             handle.stop().await;
+        }
+        let Ok(client) = redis::Client::open(self.redis_url.as_str()) else {
+            return;
+        };
+        let Ok(mut conn) = client.get_multiplexed_async_connection().await else {
+            return;
+        };
+        for (stream, base) in [
+            (control_events::streams::POLICY_INVALIDATE, "sts-policy"),
+            (control_events::streams::KEYS_INVALIDATE, "sts-keys"),
+        ] {
+            let group = control_events::streams::replica_group(base, &self.instance_id);
+            let _destroyed: redis::RedisResult<i64> = redis::cmd("XGROUP")
+                .arg("DESTROY")
+                .arg(stream)
+                .arg(group)
+                .query_async(&mut conn)
+                .await;
         }
     }
 }

@@ -723,7 +723,7 @@ async fn every_decision_reaches_the_audit_stream_signed() -> anyhow::Result<()> 
         "/oauth/2/token",
         &[
             ("content-type", "application/x-www-form-urlencoded"),
-            ("x-request-id", &format!("audit-{}", sts.addr.port())),
+            ("x-request-id", &format!("audit-{}", sts.instance_id)),
         ],
         http::form_encode(&bootstrap_form(AGENT, "resource://crm")),
     )
@@ -1185,7 +1185,7 @@ async fn audit_events_spill_while_their_redis_is_away_and_all_arrive_after() -> 
     proxy.set_up(false);
     let mut request_ids = Vec::new();
     for i in 0..5 {
-        let id = format!("spill-{}-{i}", sts.addr.port());
+        let id = format!("spill-{}-{i}", sts.instance_id);
         let resp = http::request(
             sts.addr,
             "POST",
@@ -1367,8 +1367,8 @@ async fn replicas_report_presence_and_each_policy_load_attempt() -> anyhow::Resu
     )
     .await?;
     let sts = StsFixture::start(&db).await?;
-    let field = format!("sts/sts-test-{}", sts.addr.port());
-    let instance = format!("sts-test-{}", sts.addr.port());
+    let field = format!("sts/{}", sts.instance_id);
+    let instance = sts.instance_id.clone();
     let (version, manifest): (String, String) = sqlx::query_as(
         "SELECT v.id, v.manifest_sha256 FROM caracal.policy_set_bindings b \
          JOIN caracal.policy_set_versions v ON v.id = b.active_version_id WHERE b.zone_id = $1",

@@ -180,7 +180,7 @@ async fn post_with_request_id(
 async fn federation_mints_a_user_session_mandate_for_rs256_and_es256() -> anyhow::Result<()> {
     let (db, sts, issuer) = start().await?;
     let sub = "Usér Ünïcode/42@例え.jp";
-    let request_id = format!("fed-ok-{}", sts.addr.port());
+    let request_id = format!("fed-ok-{}", sts.instance_id);
     let token = issuer.sign_rs256(&issuer.claims(sub, AUDIENCE));
     let resp = post_with_request_id(&sts, &federation_form(CHILD, &token), &request_id).await?;
     assert_eq!(resp.status, 200, "{:?}", resp.json());
@@ -405,7 +405,7 @@ async fn invalid_id_tokens_are_401_invalid_token_with_their_cause() -> anyhow::R
     assert_eq!(issuer.fetches(), fetched, "no refetch inside the cooldown");
 
     // The rejection is audited with its cause, never the token or the subject.
-    let request_id = format!("fed-bad-{}", sts.addr.port());
+    let request_id = format!("fed-bad-{}", sts.instance_id);
     let token = issuer.sign_rs256(&with("secret-user", "aud", json!("nope")));
     let resp = post_with_request_id(&sts, &federation_form(CHILD, &token), &request_id).await?;
     assert_eq!(resp.status, 401);
@@ -443,7 +443,7 @@ async fn federation_forms_with_authority_fields_are_400() -> anyhow::Result<()> 
             "federation takes no resource, scope, session, delegation or approval",
         );
     }
-    let request_id = format!("fed-invalid-{}", sts.addr.port());
+    let request_id = format!("fed-invalid-{}", sts.instance_id);
     let mut form = federation_form(CHILD, &token);
     form.push(("scope", "x"));
     assert_eq!(
@@ -620,7 +620,7 @@ async fn a_subject_approves_a_hold_and_the_retry_mints() -> anyhow::Result<()> {
     let mandate = federate(&sts, &issuer, CHILD, "alice").await?;
     let sid = jwt_claims(&mandate)?["sid"].as_str().unwrap().to_owned();
 
-    let request_id = format!("decide-{}", sts.addr.port());
+    let request_id = format!("decide-{}", sts.instance_id);
     let resp = http::request(
         sts.addr,
         "POST",
