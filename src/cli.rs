@@ -41,6 +41,12 @@ enum Command {
     /// CARACAL_ADMIN_TOKEN (or CARACAL_ADMIN_TOKEN_FILE), CARACAL_API_ADDR and the settings
     /// in docs/operations/api.md.
     Api,
+    /// Run the gateway (default port 8081): the governed reverse proxy.
+    ///
+    /// Reads DATABASE_URL (as caracal_gateway), REDIS_URL, ZONE_KEK, ISSUER_URL,
+    /// AUDIT_HMAC_KEY, STREAMS_HMAC_KEY, CARACAL_GATEWAY_ADDR and the settings in
+    /// docs/operations/gateway.md.
+    Gateway,
     /// Generate or check keys.
     Keys {
         #[command(subcommand)]
@@ -67,7 +73,7 @@ impl Cli {
     /// `info` for long-running roles, `warn` for operator commands.
     pub(crate) fn default_log_filter(&self) -> &'static str {
         match self.command {
-            Command::Sts | Command::Api => "info",
+            Command::Sts | Command::Api | Command::Gateway => "info",
             Command::Migrate { .. } | Command::Keys { .. } => "warn",
         }
     }
@@ -86,6 +92,7 @@ pub(crate) async fn run(cli: Cli) -> ExitCode {
         }
         Command::Sts => run_sts().await,
         Command::Api => run_api().await,
+        Command::Gateway => run_gateway().await,
         Command::Keys { command } => match command {
             KeysCommand::Generate => keys::generate(&mut stdout),
             KeysCommand::Check => keys::check(&process_env, &mut stdout),
@@ -110,6 +117,16 @@ async fn run_api() -> Result<ExitStatus, OpsError> {
     let config = control_api::ApiConfig::from_lookup(&process_env)
         .map_err(|e| OpsError::Config(e.to_string()))?;
     control_api::run(config, &process_env, shutdown_signal())
+        .await
+        .map_err(|e| OpsError::Unreachable(e.to_string()))?;
+    Ok(ExitStatus::Success)
+}
+
+/// Starts the gateway and serves until SIGINT or SIGTERM (then drains connections).
+async fn run_gateway() -> Result<ExitStatus, OpsError> {
+    let config = gateway_proxy::GatewayConfig::from_lookup(&process_env)
+        .map_err(|e| OpsError::Config(e.to_string()))?;
+    gateway_proxy::run(config, &process_env, shutdown_signal())
         .await
         .map_err(|e| OpsError::Unreachable(e.to_string()))?;
     Ok(ExitStatus::Success)

@@ -83,6 +83,19 @@ pub struct FanoutStats {
     /// The consumer holds a connection and its group exists (false while Redis is away or
     /// before the first round): `/ready` reports `stream_consumers_not_ready`.
     pub connected: std::sync::atomic::AtomicBool,
+    /// Unix milliseconds at which the last `XREADGROUP` completed (an empty read counts);
+    /// 0 before the first. The gateway's authority view is fresh while this is recent.
+    pub last_read_ms: std::sync::atomic::AtomicI64,
+}
+
+impl FanoutStats {
+    /// Milliseconds since the last completed read, `None` before the first.
+    pub fn read_age_ms(&self, now_ms: i64) -> Option<i64> {
+        match self.last_read_ms.load(Ordering::Acquire) {
+            0 => None,
+            at => Some(now_ms.saturating_sub(at)),
+        }
+    }
 }
 
 /// Failures before an entry is dead-lettered.
@@ -146,6 +159,9 @@ pub fn spawn(
                     let claimed = reclaim(&mut conn, &config).await?;
                     process(&mut conn, &config, &handler, &stats, claimed).await?;
                     let fresh = read_new(&mut conn, &config).await?;
+                    stats
+                        .last_read_ms
+                        .store(chrono::Utc::now().timestamp_millis(), Ordering::Release);
                     process(&mut conn, &config, &handler, &stats, fresh).await?;
                 }
                 #[allow(unreachable_code, reason = "the loop only ends through `?`")]

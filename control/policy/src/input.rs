@@ -223,6 +223,30 @@ impl Action {
 }
 
 impl DelegationEdge {
+    /// The input's `delegation_edge` for a §2.3 delegation proof: the edge's fields, the
+    /// path root → leaf, the epoch read, and the constraints as stored. The STS and the
+    /// gateway build it here, so they cannot disagree.
+    pub fn from_proof(proof: &control_model::authority::DelegationProof) -> Self {
+        let edge = &proof.edge;
+        Self {
+            id: edge.id.clone(),
+            source_session_id: edge.source_session_id.clone(),
+            target_session_id: edge.target_session_id.clone(),
+            issuer_application_id: edge.issuer_application_id.clone(),
+            receiver_application_id: edge.receiver_application_id.clone(),
+            resource_id: edge.resource_id.clone().unwrap_or_default(),
+            scopes: edge.scopes.clone(),
+            edge_version: u64::try_from(edge.edge_version).unwrap_or(0),
+            path: proof.path.clone(),
+            graph_epoch: u64::try_from(proof.epoch).unwrap_or(0),
+            constraints_json: edge
+                .constraints_json
+                .as_object()
+                .cloned()
+                .unwrap_or_default(),
+        }
+    }
+
     fn to_regorus_value(&self) -> Result<regorus::Value, serde_json::Error> {
         let mut fields = Fields::new();
         fields.non_empty_string("id", &self.id);

@@ -28,7 +28,7 @@ pub async fn edge_lineage(conn: &mut PgConnection, id: &str) -> Result<Vec<EdgeV
     rows.iter().map(edge_view).collect()
 }
 
-fn edge_view(r: &PgRow) -> Result<EdgeView, sqlx::Error> {
+pub(crate) fn edge_view(r: &PgRow) -> Result<EdgeView, sqlx::Error> {
     Ok(EdgeView {
         id: r.try_get("id")?,
         zone_id: r.try_get("zone_id")?,

@@ -31,6 +31,8 @@ pub mod approvals;
 pub mod authority_records;
 pub mod delegation;
 mod error;
+pub mod gateway;
+pub mod gateway_view;
 pub mod kek_check;
 pub mod migrate;
 pub mod outbox;

@@ -15,6 +15,8 @@ pub struct HttpResponse {
     pub headers: http::HeaderMap,
     /// Body bytes.
     pub body: Bytes,
+    /// Trailers, when the response carried any.
+    pub trailers: Option<http::HeaderMap>,
 }
 
 impl HttpResponse {
@@ -58,11 +60,13 @@ pub async fn request(
         .await?;
     let status = response.status().as_u16();
     let headers = response.headers().clone();
-    let body = response.into_body().collect().await?.to_bytes();
+    let collected = response.into_body().collect().await?;
+    let trailers = collected.trailers().cloned();
     Ok(HttpResponse {
         status,
         headers,
-        body,
+        body: collected.to_bytes(),
+        trailers,
     })
 }
 

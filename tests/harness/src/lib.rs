@@ -7,11 +7,13 @@
 //! database. Later issues add the role servers on `127.0.0.1:0` and echo upstreams here.
 
 pub mod api;
+pub mod gateway;
 pub mod http;
 pub mod oidc;
 pub mod provision;
 pub mod proxy;
 pub mod sts;
+pub mod upstream;
 
 use std::{str::FromStr, time::Duration};
 

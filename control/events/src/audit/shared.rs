@@ -59,6 +59,90 @@ impl AuditHealth {
             || (self.replay_writable && !self.replay_full)
     }
 
+    /// The emitter's metric values under `prefix` (e.g. `caracal_gateway_audit`): name,
+    /// help, whether it is a counter (else a gauge), value. Every role exports the same set.
+    #[must_use]
+    pub fn metric_values(&self, prefix: &str) -> Vec<(String, &'static str, bool, u64)> {
+        let flag = u64::from;
+        [
+            (
+                "redis_ok",
+                "1 while the audit writer's last Redis operation succeeded",
+                false,
+                flag(self.redis_ok),
+            ),
+            (
+                "replay_writable",
+                "1 while the replay directory passed its last probe and write",
+                false,
+                flag(self.replay_writable),
+            ),
+            (
+                "replay_full",
+                "1 while the replay directory bound or the free-space reserve is reached",
+                false,
+                flag(self.replay_full),
+            ),
+            (
+                "evidence_lost",
+                "1 when an audit event was refused or lost in the last 5 minutes",
+                false,
+                flag(self.evidence_lost),
+            ),
+            (
+                "queue_depth",
+                "audit queue slots in use",
+                false,
+                u64::try_from(self.buffered).unwrap_or(u64::MAX),
+            ),
+            (
+                "replay_dir_bytes",
+                "bytes of replay segments of this instance",
+                false,
+                self.replay_dir_bytes,
+            ),
+            (
+                "xadded_total",
+                "audit events acknowledged by Redis from the queue",
+                true,
+                self.xadded_total,
+            ),
+            (
+                "spilled_total",
+                "audit events written to fsynced replay segments",
+                true,
+                self.spilled_total,
+            ),
+            (
+                "replayed_total",
+                "audit events replayed from segments to the stream",
+                true,
+                self.replayed_total,
+            ),
+            (
+                "quarantined_total",
+                "unparseable replay lines moved to quarantine",
+                true,
+                self.quarantined_total,
+            ),
+            (
+                "dropped_total",
+                "accepted audit events that could not be persisted",
+                true,
+                self.dropped_total,
+            ),
+            (
+                "refused_total",
+                "requests refused because no audit slot could be reserved",
+                true,
+                self.refused_total,
+            ),
+        ]
+        .into_iter()
+        .map(|(name, help, counter, value)| (format!("{prefix}_{name}"), help, counter, value))
+        .collect()
+    }
+
     /// The `/ready` failure reason, if any: `audit_evidence_lost` after a
     /// refusal or loss in the last 5 minutes, `audit_replay_unavailable` when
     /// the replay directory is not writable or is full while Redis cannot

@@ -863,22 +863,7 @@ impl Exchange<'_> {
 
 /// The policy input's `delegation_edge` (§5.3).
 fn edge_input(proof: &DelegationProof) -> control_policy::DelegationEdge {
-    let edge = &proof.edge;
-    let mut input = control_policy::DelegationEdge::new(&edge.id, edge.scopes.clone());
-    input.source_session_id = edge.source_session_id.clone();
-    input.target_session_id = edge.target_session_id.clone();
-    input.issuer_application_id = edge.issuer_application_id.clone();
-    input.receiver_application_id = edge.receiver_application_id.clone();
-    input.resource_id = edge.resource_id.clone().unwrap_or_default();
-    input.edge_version = u64::try_from(edge.edge_version).unwrap_or(0);
-    input.path = proof.path.clone();
-    input.graph_epoch = u64::try_from(proof.epoch).unwrap_or(0);
-    input.constraints_json = edge
-        .constraints_json
-        .as_object()
-        .cloned()
-        .unwrap_or_default();
-    input
+    control_policy::DelegationEdge::from_proof(proof)
 }
 
 /// Steps 16–21: TTL and use class, the JTI registry, the authority record, the signature.

@@ -15,6 +15,7 @@ mod api_plugins;
 mod api_policy_sets;
 mod api_providers;
 mod fixtures;
+mod gateway;
 mod grants;
 mod integrity;
 mod migrate;
