@@ -8,7 +8,7 @@ seconds=${1:-20}
 if ! cargo +nightly fuzz --version >/dev/null 2>&1; then
   cargo +nightly install cargo-fuzz --locked
 fi
-for dir in control/sts/fuzz control/crypto/fuzz; do
+for dir in control/sts/fuzz control/crypto/fuzz gateway/proxy/fuzz; do
   for target in $(sed -n 's/^name = "\(.*\)"/\1/p' "$dir/Cargo.toml" | grep -v -- '-fuzz$'); do
     echo "fuzz-smoke: $dir $target (${seconds}s)"
     (cd "$(dirname "$dir")" && cargo +nightly fuzz run --fuzz-dir fuzz "$target" -- -max_total_time="$seconds" -rss_limit_mb=2048)

@@ -45,8 +45,14 @@ enum Command {
     ///
     /// Reads DATABASE_URL (as caracal_gateway), REDIS_URL, ZONE_KEK, ISSUER_URL,
     /// AUDIT_HMAC_KEY, STREAMS_HMAC_KEY, CARACAL_GATEWAY_ADDR and the settings in
-    /// docs/operations/gateway.md.
-    Gateway,
+    /// docs/operations/gateway.md. With --config, runs as a standalone sidecar without
+    /// Postgres (see "Standalone sidecar" there and deploy/gateway.example.toml).
+    Gateway {
+        /// Standalone sidecar mode: zones, keys, providers, resources and policies from
+        /// this TOML file instead of Postgres; Redis optional.
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
     /// Generate or check keys.
     Keys {
         #[command(subcommand)]
@@ -73,7 +79,7 @@ impl Cli {
     /// `info` for long-running roles, `warn` for operator commands.
     pub(crate) fn default_log_filter(&self) -> &'static str {
         match self.command {
-            Command::Sts | Command::Api | Command::Gateway => "info",
+            Command::Sts | Command::Api | Command::Gateway { .. } => "info",
             Command::Migrate { .. } | Command::Keys { .. } => "warn",
         }
     }
@@ -92,7 +98,10 @@ pub(crate) async fn run(cli: Cli) -> ExitCode {
         }
         Command::Sts => run_sts().await,
         Command::Api => run_api().await,
-        Command::Gateway => run_gateway().await,
+        Command::Gateway { config } => match config {
+            Some(file) => run_standalone_gateway(&file).await,
+            None => run_gateway().await,
+        },
         Command::Keys { command } => match command {
             KeysCommand::Generate => keys::generate(&mut stdout),
             KeysCommand::Check => keys::check(&process_env, &mut stdout),
@@ -129,6 +138,20 @@ async fn run_gateway() -> Result<ExitStatus, OpsError> {
     gateway_proxy::run(config, &process_env, shutdown_signal())
         .await
         .map_err(|e| OpsError::Unreachable(e.to_string()))?;
+    Ok(ExitStatus::Success)
+}
+
+/// Starts the standalone sidecar from `file` and serves until SIGINT or SIGTERM. A bad
+/// file is a configuration error (exit 2) with one line naming the file, the key and the
+/// problem.
+async fn run_standalone_gateway(file: &std::path::Path) -> Result<ExitStatus, OpsError> {
+    gateway_proxy::run_standalone(file, &process_env, shutdown_signal())
+        .await
+        .map_err(|e| match e {
+            gateway_proxy::GatewayStartError::Config(_)
+            | gateway_proxy::GatewayStartError::Standalone(_) => OpsError::Config(e.to_string()),
+            _ => OpsError::Unreachable(e.to_string()),
+        })?;
     Ok(ExitStatus::Success)
 }
 

@@ -102,6 +102,8 @@ pub struct GatewayConfig {
     pub tls: Option<(PathBuf, PathBuf)>,
     /// `CARACAL_PRIVATE_EGRESS_HOSTS`: OAuth token endpoints allowed on private addresses.
     pub private_egress_hosts: Vec<String>,
+    /// `UPSTREAM_CA_FILE`: extra PEM trust anchors for https upstreams and token endpoints.
+    pub upstream_ca_file: Option<PathBuf>,
     /// `MAX_GRANT_TTL_SECONDS` (default 3600): the longest an OAuth token is cached.
     pub max_grant_ttl: Duration,
     /// Request and connection limits.
@@ -255,6 +257,7 @@ impl GatewayConfig {
             trust_proxy: matches!(lookup("TRUST_PROXY").as_deref(), Some("1" | "true" | "yes")),
             tls,
             private_egress_hosts: hosts("CARACAL_PRIVATE_EGRESS_HOSTS"),
+            upstream_ca_file: lookup("UPSTREAM_CA_FILE").map(PathBuf::from),
             max_grant_ttl: Duration::from_secs(number("MAX_GRANT_TTL_SECONDS", 3600, 60, 86_400)?),
             limits,
         })

@@ -92,6 +92,12 @@ pub(crate) struct Gateway {
     pub(crate) audit: AuditEmitter,
     pub(crate) client: UpstreamClient,
     pub(crate) guard: UpstreamGuard,
+    pub(crate) oauth: Arc<crate::oauth::OAuthTokens>,
+    /// The standalone sidecar's configuration (`caracal gateway --config`); `None` in the
+    /// Postgres mode. With it, step 11 refetches the JWKS URLs instead of rebuilding, step
+    /// 13 uses the marks only, step 14 checks the configured applications, steps 16 and 17
+    /// are not run, and `principal.labels` are the application's configured labels.
+    pub(crate) standalone: Option<Arc<gateway_state::standalone::Standalone>>,
     pub(crate) metrics: Arc<Metrics>,
     /// Unix ms of the last forced key reload (step 11's 30 s cooldown).
     pub(crate) last_key_reload_ms: std::sync::atomic::AtomicI64,
@@ -218,7 +224,7 @@ impl Gateway {
         let auth = next!(self.authenticate(ctx, &req).await?); // steps 2-17
         let resolved = next!(self.resolve(ctx, &auth, &req)); // steps 18-22
         next!(self.authorize(ctx, &auth, &resolved, &req).await?); // steps 23-25
-        let outbound = next!(self.prepare_upstream(ctx, &auth, &resolved, req)?); // steps 26-31
+        let outbound = next!(self.prepare_upstream(ctx, &auth, &resolved, req).await?); // steps 26-31
         self.forward(ctx, &auth, outbound).await // step 32
     }
 

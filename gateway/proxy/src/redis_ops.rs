@@ -23,10 +23,6 @@ return {current, previous}
 
 /// Where single use and rate limits are kept.
 #[derive(Clone)]
-#[allow(
-    dead_code,
-    reason = "the in-process variant serves the standalone sidecar mode, which lands next"
-)]
 pub(crate) enum Counters {
     /// Redis, shared by every replica.
     Redis {
@@ -51,6 +47,10 @@ pub(crate) enum RateVerdict {
 
 const DEADLINE: Duration = Duration::from_secs(2);
 
+fn unix_now() -> u64 {
+    u64::try_from(chrono::Utc::now().timestamp()).unwrap_or(0)
+}
+
 impl Counters {
     /// A lazily connecting Redis handle.
     pub(crate) fn redis(url: &str) -> Result<Self, String> {
@@ -70,10 +70,6 @@ impl Counters {
     }
 
     /// In-process counters.
-    #[allow(
-        dead_code,
-        reason = "the standalone sidecar mode, which lands next, uses them"
-    )]
     pub(crate) fn local() -> Self {
         Self::Local {
             seen: moka::sync::Cache::builder()
@@ -100,6 +96,93 @@ impl Counters {
                 matches!(pong, Ok(Ok(_)))
             }
             Self::Local { .. } => true,
+        }
+    }
+
+    /// Whether a circuit key is set (authority §7.3). An unreachable Redis counts as a
+    /// closed circuit: the breaker protects the provider, and the request itself already
+    /// passed the single-use check against the same Redis.
+    pub(crate) async fn circuit_open(&self, key: &str) -> bool {
+        match self {
+            Self::Redis { conn, .. } => {
+                let mut conn = conn.clone();
+                let open = tokio::time::timeout(
+                    DEADLINE,
+                    redis::cmd("EXISTS").arg(key).query_async::<i64>(&mut conn),
+                )
+                .await;
+                matches!(open, Ok(Ok(n)) if n > 0)
+            }
+            Self::Local { buckets, .. } => buckets.get(key).is_some_and(|until| until > unix_now()),
+        }
+    }
+
+    /// Counts a failure in the window; at `max` failures opens the circuit for `open_s`.
+    pub(crate) async fn record_failure(
+        &self,
+        failures_key: &str,
+        circuit_key: &str,
+        max: i64,
+        window_s: u64,
+        open_s: u64,
+    ) {
+        match self {
+            Self::Redis { conn, .. } => {
+                let mut conn = conn.clone();
+                let counted: Result<Result<(i64,), _>, _> = tokio::time::timeout(
+                    DEADLINE,
+                    redis::pipe()
+                        .atomic()
+                        .incr(failures_key, 1)
+                        .expire(failures_key, i64::try_from(window_s).unwrap_or(300))
+                        .ignore()
+                        .query_async(&mut conn),
+                )
+                .await;
+                if let Ok(Ok((failures,))) = counted
+                    && failures >= max
+                {
+                    let _opened: Result<Result<(), redis::RedisError>, _> = tokio::time::timeout(
+                        DEADLINE,
+                        redis::cmd("SET")
+                            .arg(circuit_key)
+                            .arg("1")
+                            .arg("EX")
+                            .arg(open_s)
+                            .query_async(&mut conn),
+                    )
+                    .await;
+                }
+            }
+            Self::Local { buckets, .. } => {
+                let failures = buckets
+                    .entry(failures_key.to_owned())
+                    .and_upsert_with(|c| c.map_or(1, |c| c.into_value() + 1))
+                    .into_value();
+                if i64::try_from(failures).unwrap_or(i64::MAX) >= max {
+                    buckets.insert(circuit_key.to_owned(), unix_now() + open_s);
+                    buckets.invalidate(failures_key);
+                }
+            }
+        }
+    }
+
+    /// Clears the failure counter and the circuit after a success.
+    pub(crate) async fn clear_failures(&self, keys: &[String]) {
+        match self {
+            Self::Redis { conn, .. } => {
+                let mut conn = conn.clone();
+                let _cleared: Result<Result<i64, redis::RedisError>, _> = tokio::time::timeout(
+                    DEADLINE,
+                    redis::cmd("DEL").arg(keys).query_async(&mut conn),
+                )
+                .await;
+            }
+            Self::Local { buckets, .. } => {
+                for key in keys {
+                    buckets.invalidate(key);
+                }
+            }
         }
     }
 

@@ -26,6 +26,34 @@ use crate::{
     pipeline::{BoxError, RequestCtx},
 };
 
+/// The trust anchors for upstreams and token endpoints: the webpki roots, plus the PEM
+/// certificates of `UPSTREAM_CA_FILE` when set.
+pub(crate) fn trust_roots(
+    extra: Option<&std::path::Path>,
+) -> Result<rustls::RootCertStore, String> {
+    use rustls_pki_types::{CertificateDer, pem::PemObject as _};
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    if let Some(path) = extra {
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+            .map_err(|e| format!("UPSTREAM_CA_FILE {}: {e}", path.display()))?
+            .collect::<Result<_, _>>()
+            .map_err(|e| format!("UPSTREAM_CA_FILE {}: {e}", path.display()))?;
+        if certs.is_empty() {
+            return Err(format!(
+                "UPSTREAM_CA_FILE {}: no certificate",
+                path.display()
+            ));
+        }
+        for cert in certs {
+            roots
+                .add(cert)
+                .map_err(|e| format!("UPSTREAM_CA_FILE {}: {e}", path.display()))?;
+        }
+    }
+    Ok(roots)
+}
+
 /// The largest slice read from the upstream between two revocation re-checks.
 const RECHECK_BYTES: usize = 4096;
 
@@ -38,17 +66,34 @@ pub(crate) struct UpstreamClient {
 }
 
 impl UpstreamClient {
-    /// HTTP/1.1 over TCP or TLS (webpki roots), resolution through the upstream guard.
-    pub(crate) fn new(connect_timeout: Duration, idle: Duration) -> Self {
+    /// HTTP/1.1 over TCP or TLS (`roots`: the webpki roots plus `UPSTREAM_CA_FILE`),
+    /// resolution through the upstream guard.
+    pub(crate) fn new(
+        connect_timeout: Duration,
+        idle: Duration,
+        roots: rustls::RootCertStore,
+    ) -> Self {
         let mut http = HttpConnector::new_with_resolver(GuardedResolver);
         http.enforce_http(false);
         http.set_connect_timeout(Some(connect_timeout));
         http.set_nodelay(true);
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_webpki_roots()
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(http);
+        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map(|b| b.with_root_certificates(roots).with_no_client_auth());
+        let https = match tls {
+            Ok(config) => hyper_rustls::HttpsConnectorBuilder::new()
+                .with_tls_config(config)
+                .https_or_http()
+                .enable_http1()
+                .wrap_connector(http),
+            Err(_unsupported) => hyper_rustls::HttpsConnectorBuilder::new()
+                .with_webpki_roots()
+                .https_or_http()
+                .enable_http1()
+                .wrap_connector(http),
+        };
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(idle)
             .pool_max_idle_per_host(256)

@@ -23,6 +23,7 @@
 //! Bundles are reused across builds while a zone's active version is unchanged (no Rego is
 //! recompiled), and every zone without an active binding shares one deny-all bundle.
 
+use control_events::presence::{LoadState, PolicyStatus, StatusReporter};
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
     sync::Arc,
@@ -67,6 +68,9 @@ pub struct BuildConfig {
     pub key_grace: Duration,
     /// `CONTROL_AUDIENCE`: the resource with this identifier is the control resource.
     pub control_audience: String,
+    /// Where policy load attempts are reported (`caracal:policy:status:<zone>`); `None`
+    /// reports nothing (tests, standalone mode).
+    pub reporter: Option<StatusReporter>,
 }
 
 /// Why a build failed. The previous snapshot stays in place; the message is one line and
@@ -254,7 +258,7 @@ async fn assemble(rows: Rows, config: &BuildConfig, previous: Option<&Snapshot>)
                 let previous_slot = previous
                     .and_then(|snapshot| snapshot.zone(&zone_id))
                     .map(|zone| &zone.policy);
-                build_policy(&zone_id, plan, documents, previous_slot, config.policy).await
+                build_policy(&zone_id, plan, documents, previous_slot, config).await
             }
         };
         let state = ZoneState {
@@ -805,16 +809,33 @@ async fn build_policy(
     plan: PolicyPlan,
     documents: Vec<GatewayPolicyVersionRow>,
     previous: Option<&PolicySlot>,
-    config: PolicyConfig,
+    config: &BuildConfig,
 ) -> PolicySlot {
-    let (version, result) = match plan {
+    let (version, manifest_sha256, result) = match plan {
         PolicyPlan::Reuse(bundle) => return PolicySlot::Ready(bundle),
-        PolicyPlan::Invalid { version, reason } => (version, Err(reason)),
+        PolicyPlan::Invalid { version, reason } => (version, String::new(), Err(reason)),
         PolicyPlan::Compile { binding, manifest } => {
             let version = binding.policy_set_version_id.clone();
-            (version, compile(binding, manifest, documents, config).await)
+            let sha = binding.manifest_sha256.clone();
+            (
+                version,
+                sha,
+                compile(binding, manifest, documents, config.policy).await,
+            )
         }
     };
+    // Every load attempt of a bound version is reported (authority §5.7), so the admin API
+    // can tell when every gateway replica serves an activation.
+    if let Some(reporter) = &config.reporter {
+        let (state, error) = match &result {
+            Ok(_) => (LoadState::Loaded, None),
+            Err(reason) => (LoadState::Failed, Some(reason.clone())),
+        };
+        reporter.report(
+            zone_id,
+            PolicyStatus::new(&version, &manifest_sha256, state, error),
+        );
+    }
     match result {
         Ok(bundle) => {
             tracing::info!(zone = zone_id, %version, "policy bundle loaded");

@@ -13,6 +13,7 @@ pub mod authority;
 pub mod build;
 pub mod handle;
 pub mod snapshot;
+pub mod standalone;
 
 pub use authority::{Anchors, AuthorityView, Prefetched, ViewError};
 pub use handle::{GATEWAY_STREAMS, Refresh, StateHandle};

@@ -44,6 +44,7 @@ fn config(kek: KekRing) -> BuildConfig {
         policy: PolicyConfig::default(),
         key_grace: Duration::from_secs(24 * 3600),
         control_audience: "caracal-control".to_owned(),
+        reporter: None,
     }
 }
 

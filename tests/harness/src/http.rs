@@ -129,3 +129,80 @@ fn encode(s: &str) -> String {
         })
         .collect()
 }
+
+/// Sends one request over TLS to `localhost` at `addr`, trusting the PEM CA in `ca_file`,
+/// as HTTP/2 when `http2` (negotiated by ALPN; fails if the server does not agree) or
+/// HTTP/1.1.
+pub async fn request_tls(
+    addr: SocketAddr,
+    ca_file: &std::path::Path,
+    http2: bool,
+    method: &str,
+    path_and_query: &str,
+    headers: &[(&str, &str)],
+) -> anyhow::Result<HttpResponse> {
+    use rustls_pki_types::{CertificateDer, ServerName, pem::PemObject as _};
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca_file)? {
+        roots.add(cert?)?;
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    config.alpn_protocols = vec![if http2 {
+        b"h2".to_vec()
+    } else {
+        b"http/1.1".to_vec()
+    }];
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    let tls = connector
+        .connect(ServerName::try_from("localhost")?, tcp)
+        .await?;
+    anyhow::ensure!(
+        !http2 || tls.get_ref().1.alpn_protocol() == Some(b"h2"),
+        "the server did not negotiate h2"
+    );
+    let mut builder = http::Request::builder().method(method);
+    for (name, value) in headers {
+        builder = builder.header(*name, *value);
+    }
+    let response = if http2 {
+        let (mut sender, connection) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            TokioIo::new(tls),
+        )
+        .await?;
+        tokio::spawn(async move {
+            let _closed = connection.await;
+        });
+        let request = builder
+            .uri(format!("https://localhost:{}{path_and_query}", addr.port()))
+            .body(Full::new(Bytes::new()))?;
+        sender.send_request(request).await?
+    } else {
+        let (mut sender, connection) =
+            hyper::client::conn::http1::handshake(TokioIo::new(tls)).await?;
+        tokio::spawn(async move {
+            let _closed = connection.await;
+        });
+        let request = builder
+            .uri(path_and_query)
+            .header(http::header::HOST, format!("localhost:{}", addr.port()))
+            .body(Full::new(Bytes::new()))?;
+        sender.send_request(request).await?
+    };
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let collected = response.into_body().collect().await?;
+    let trailers = collected.trailers().cloned();
+    Ok(HttpResponse {
+        status,
+        headers,
+        body: collected.to_bytes(),
+        trailers,
+    })
+}

@@ -13,6 +13,8 @@ pub mod oidc;
 pub mod provision;
 pub mod proxy;
 pub mod sts;
+pub mod tls;
+pub mod token_server;
 pub mod upstream;
 
 use std::{str::FromStr, time::Duration};

@@ -114,6 +114,86 @@ impl Provision {
         Ok(())
     }
 
+    /// A provider of `kind` with the public `config` and, when `secrets` is given, its
+    /// secret document (a JSON object of strings) sealed under
+    /// [`crate::gateway::KEK_HEX`] in a `provider_secret_config` row, as the admin API
+    /// stores it.
+    pub async fn provider_with_secret(
+        &mut self,
+        zone: &str,
+        id: &str,
+        kind: &str,
+        config: &serde_json::Value,
+        secrets: Option<&serde_json::Value>,
+    ) -> anyhow::Result<()> {
+        self.provider_sealed_under(crate::gateway::KEK_HEX, zone, id, kind, config, secrets)
+            .await
+    }
+
+    /// [`Provision::provider_with_secret`] sealing under another `ZONE_KEK` (hex): a
+    /// document a gateway with the fixtures' KEK cannot open.
+    pub async fn provider_sealed_under(
+        &mut self,
+        kek_hex: &str,
+        zone: &str,
+        id: &str,
+        kind: &str,
+        config: &serde_json::Value,
+        secrets: Option<&serde_json::Value>,
+    ) -> anyhow::Result<()> {
+        let mut secret_id = None;
+        let mut secret_keys = Vec::new();
+        if let Some(doc) = secrets {
+            let row_id = format!("{id}-secret");
+            let kek = control_crypto::KekRing::from_lookup(|name: &str| {
+                (name == "ZONE_KEK").then(|| kek_hex.to_owned())
+            })?;
+            let plaintext = serde_json::to_vec(doc)?;
+            let sealed = kek.seal(
+                &control_crypto::SealContext {
+                    table: "secrets",
+                    column: "ciphertext",
+                    zone_id: zone,
+                    row_id: &row_id,
+                },
+                &plaintext,
+            )?;
+            sqlx::query(
+                "INSERT INTO secrets (id, zone_id, entity_id, name, type, ciphertext, nonce, dek_id, version, status) \
+                 VALUES ($1, $2, $3, 'provider_secret_config', 'password', $4, $5, $6, 1, 'active')",
+            )
+            .bind(&row_id)
+            .bind(zone)
+            .bind(id)
+            .bind(&sealed.ciphertext)
+            .bind(sealed.nonce.as_slice())
+            .bind(sealed.dek_id.as_str())
+            .execute(&mut self.conn)
+            .await
+            .context("provider secret")?;
+            secret_keys = doc
+                .as_object()
+                .map(|o| o.keys().cloned().collect())
+                .unwrap_or_default();
+            secret_id = Some(row_id);
+        }
+        sqlx::query(
+            "INSERT INTO providers (id, zone_id, name, identifier, provider_kind, config_json, secret_config_keys, secret_id) \
+             VALUES ($1, $2, $1, $3, $4, $5, $6, $7)",
+        )
+        .bind(id)
+        .bind(zone)
+        .bind(format!("provider://{id}"))
+        .bind(kind)
+        .bind(config)
+        .bind(secret_keys)
+        .bind(secret_id)
+        .execute(&mut self.conn)
+        .await
+        .context("provider")?;
+        Ok(())
+    }
+
     /// A resource.
     pub async fn resource(
         &mut self,

@@ -6,7 +6,7 @@ use chrono::Utc;
 use control_crypto::UnverifiedJwt;
 use control_model::{
     Denial, ErrorCode,
-    authority::{Revalidation, revalidate},
+    authority::{Revalidated, Revalidation, revalidate},
 };
 use gateway_state::{Anchors, ZoneState};
 use http::{Request, header};
@@ -157,8 +157,12 @@ impl Gateway {
         if view.anchors_revoked(&anchors) {
             return Ok(session_revoked());
         }
-        let prefetched = view.prefetch(&zone.zone_id, &anchors).await?;
-        {
+        // Standalone: there is no registry to read; the marks above are all of step 13.
+        let prefetched = match &self.standalone {
+            Some(_) => None,
+            None => Some(view.prefetch(&zone.zone_id, &anchors).await?),
+        };
+        if let Some(prefetched) = &prefetched {
             use control_model::authority::AuthorityLookup as _;
             let record_revoked = prefetched
                 .record(&anchors.sid)
@@ -187,12 +191,15 @@ impl Gateway {
             }
         }
 
-        // Step 14: the application.
-        if !zone
-            .applications
-            .get(&mandate.client_id)
-            .is_some_and(|app| app.is_usable(now))
-        {
+        // Step 14: the application (standalone: the zone's configured list, when it has one).
+        let admitted = match &self.standalone {
+            Some(standalone) => standalone.admits(&zone.zone_id, &mandate.client_id),
+            None => zone
+                .applications
+                .get(&mandate.client_id)
+                .is_some_and(|app| app.is_usable(now)),
+        };
+        if !admitted {
             return Ok(ControlFlow::Break(
                 Denial::unauthorized("invalid client credentials").into(),
             ));
@@ -211,6 +218,17 @@ impl Gateway {
         if anchors.sid.is_empty() {
             return Ok(unauthorized("missing token authority record"));
         }
+        let Some(prefetched) = prefetched else {
+            // Standalone: steps 16 and 17 need the registry of records, sessions and edges,
+            // which only the Postgres mode has; the policy input carries no delegation edge.
+            return Ok(ControlFlow::Continue(super::Authenticated {
+                mandate,
+                zone,
+                anchors,
+                revalidated: Revalidated::Nothing,
+                now,
+            }));
+        };
         // Step 16: the authority record.
         {
             use control_model::authority::AuthorityLookup as _;
@@ -289,7 +307,18 @@ impl Gateway {
                     .is_ok()
             {
                 self.metrics.key_reload();
-                if self.state.rebuild_now().await.is_ok() {
+                let reloaded = match &self.standalone {
+                    // Standalone: the zones' JWKS URLs are fetched again (a failed fetch
+                    // keeps the keys); key files only change with a restart.
+                    Some(standalone) if standalone.has_jwks_urls() => {
+                        standalone.refresh_keys().await;
+                        self.state.store(standalone.snapshot());
+                        true
+                    }
+                    Some(_) => false,
+                    None => self.state.rebuild_now().await.is_ok(),
+                };
+                if reloaded {
                     ctx.snapshot = self.state.snapshot();
                 }
             }

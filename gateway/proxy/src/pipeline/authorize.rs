@@ -4,7 +4,7 @@ use std::ops::ControlFlow;
 
 use control_model::{Denial, ErrorCode};
 use control_policy::{Action, Context, DelegationEdge, PolicyInput, Principal, Resource};
-use gateway_state::PolicySlot;
+use gateway_state::{PolicySlot, standalone::Standalone};
 use http::Request;
 use hyper::body::Incoming;
 
@@ -29,7 +29,7 @@ impl Gateway {
                 )));
             }
         };
-        let input = policy_input(ctx, auth, resolved, req);
+        let input = policy_input(ctx, auth, resolved, req, self.standalone.as_deref());
         let decision = match bundle.evaluate(&input) {
             Ok(decision) => decision,
             Err(error) => {
@@ -93,12 +93,15 @@ impl Gateway {
     }
 }
 
-/// The input the STS would build on a re-exchange (authority §4.3).
+/// The input the STS would build on a re-exchange (authority §4.3). Standalone: no session
+/// registry, so `principal.labels` are the application's configured labels and
+/// `lifecycle` is empty.
 fn policy_input(
     ctx: &RequestCtx,
     auth: &Authenticated,
     resolved: &Resolved,
     req: &Request<Incoming>,
+    standalone: Option<&Standalone>,
 ) -> PolicyInput {
     let mandate = &auth.mandate;
     let zone = &auth.zone;
@@ -109,6 +112,11 @@ fn policy_input(
     if let Some(session) = auth.revalidated.agent_session() {
         principal =
             principal.with_agent_session(&session.id, &session.lifecycle, session.labels.clone());
+    }
+    if let Some(standalone) = standalone {
+        principal.labels = standalone
+            .labels(&zone.zone_id, &mandate.client_id)
+            .to_vec();
     }
     let binding = &resolved.binding;
     let mut context = Context::for_client(&mandate.client_id)

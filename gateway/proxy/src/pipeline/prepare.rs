@@ -17,7 +17,7 @@ pub(crate) struct Outbound {
 }
 
 impl Gateway {
-    pub(super) fn prepare_upstream(
+    pub(super) async fn prepare_upstream(
         &self,
         ctx: &mut RequestCtx,
         auth: &Authenticated,
@@ -43,8 +43,12 @@ impl Gateway {
                 "upstream_not_addressable",
             )));
         }
-        // Step 28: the credential may go to this host.
-        if !provider.allowed_token_hosts.is_empty() && !provider.allowed_token_hosts.contains(&host)
+        // Step 28: the credential may go to this host. For client credentials the list
+        // restricts the token endpoint instead (authority §7.1), checked when fetching.
+        let oauth = matches!(provider.credential, Credential::OAuthClientCredentials(_));
+        if !oauth
+            && !provider.allowed_token_hosts.is_empty()
+            && !provider.allowed_token_hosts.contains(&host)
         {
             return Ok(ControlFlow::Break(Refusal::caused(
                 Denial::new(
@@ -69,15 +73,20 @@ impl Gateway {
                 "provider_credential_unavailable",
             )))
         };
-        match &provider.credential {
+        let access_token = match &provider.credential {
             Credential::Unavailable(reason) => return unavailable(reason),
-            Credential::OAuthClientCredentials(_) => {
-                return unavailable(
-                    "oauth2 client credentials are not supported by this gateway yet",
-                );
+            Credential::OAuthClientCredentials(client) => {
+                match self
+                    .oauth
+                    .token(&provider.id, client, &provider.allowed_token_hosts)
+                    .await
+                {
+                    Ok(token) => Some(token),
+                    Err(reason) => return unavailable(&reason.0),
+                }
             }
-            _ => {}
-        }
+            _ => None,
+        };
         // Step 30: the resource mandate, when one is needed.
         let needs_mandate = matches!(provider.credential, Credential::CaracalMandate)
             || provider.forward_caracal_identity;
@@ -144,9 +153,13 @@ impl Gateway {
             Ok(())
         };
         match &provider.credential {
-            Credential::None
-            | Credential::Unavailable(_)
-            | Credential::OAuthClientCredentials(_) => {}
+            Credential::None | Credential::Unavailable(_) => {}
+            Credential::OAuthClientCredentials(client) => {
+                if let Some(token) = &access_token {
+                    let value = format!("{} {}", client.scheme, token.access_token.expose());
+                    set(out, client.header.clone(), &value)?;
+                }
+            }
             Credential::CaracalMandate => {
                 if let Some(jwt) = &resource_mandate {
                     set(out, header::AUTHORIZATION, &format!("Bearer {jwt}"))?;

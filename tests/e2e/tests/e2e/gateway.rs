@@ -92,12 +92,16 @@ impl Scenario {
     ) -> anyhow::Result<Self> {
         let mut statements = Vec::new();
         extra(&mut statements);
-        Self::start_custom(overrides, "active", async move |p: &mut Provision, ids: &Ids| {
-            for sql in statements {
-                p.exec(&ids.fill(&sql)).await?;
-            }
-            Ok(())
-        })
+        Self::start_custom(
+            overrides,
+            "active",
+            async move |p: &mut Provision, ids: &Ids| {
+                for sql in statements {
+                    p.exec(&ids.fill(&sql)).await?;
+                }
+                Ok(())
+            },
+        )
         .await
     }
 
@@ -114,18 +118,29 @@ impl Scenario {
         let ids = Ids::new(upstream.url(""));
         let mut p = Provision::open(&db).await?;
         p.zone(ZONE).await?;
-        p.application(ZONE, AGENT, "secret-agent-0123456789", &[]).await?;
-        p.application(ZONE, ISSUER_APP, "secret-issuer-0123456789", &[]).await?;
-        p.provider_none(ZONE, "prov-none").await?;
-        p.resource(ZONE, "res-echo", RESOURCE, &["read", "write"], Some(&upstream.url("/base")), "prov-none")
+        p.application(ZONE, AGENT, "secret-agent-0123456789", &[])
             .await?;
+        p.application(ZONE, ISSUER_APP, "secret-issuer-0123456789", &[])
+            .await?;
+        p.provider_none(ZONE, "prov-none").await?;
+        p.resource(
+            ZONE,
+            "res-echo",
+            RESOURCE,
+            &["read", "write"],
+            Some(&upstream.url("/base")),
+            "prov-none",
+        )
+        .await?;
         p.exec(
             "UPDATE resources SET operations = '[{\"method\":\"GET\",\"path\":\"/items\",\"scope\":\"read\"},{\"method\":\"POST\",\"path\":\"/items\",\"scope\":\"write\"}]' WHERE id = 'res-echo'",
         )
         .await?;
-        p.authority_record(ZONE, &ids.record, "application", AGENT).await?;
+        p.authority_record(ZONE, &ids.record, "application", AGENT)
+            .await?;
         p.agent_session(ZONE, &ids.source, ISSUER_APP, &[]).await?;
-        p.agent_session(ZONE, &ids.target, AGENT, &["reader"]).await?;
+        p.agent_session(ZONE, &ids.target, AGENT, &["reader"])
+            .await?;
         p.edge(
             ZONE,
             &ids.edge,
@@ -140,9 +155,12 @@ impl Scenario {
         p.activate_policy(ZONE, "main", POLICY).await?;
         setup(&mut p, &ids).await?;
         let signer = TestSigner::insert_with_status(p.conn(), ZONE, signer_status).await?;
-        let overrides: Vec<(&str, String)> =
-            overrides.iter().map(|(k, v)| (*k, v.replace("{database}", db.name()))).collect();
-        let overrides: Vec<(&str, &str)> = overrides.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let overrides: Vec<(&str, String)> = overrides
+            .iter()
+            .map(|(k, v)| (*k, v.replace("{database}", db.name())))
+            .collect();
+        let overrides: Vec<(&str, &str)> =
+            overrides.iter().map(|(k, v)| (*k, v.as_str())).collect();
         let gateway = GatewayFixture::start_with(&db, &overrides).await?;
         Ok(Self {
             db,
@@ -168,7 +186,13 @@ impl Scenario {
     }
 
     /// `method path` with the bearer and the routing header, plus `headers`.
-    pub(crate) async fn call(&self, method: &str, path: &str, token: &str, headers: &[(&str, &str)]) -> HttpResponse {
+    pub(crate) async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        token: &str,
+        headers: &[(&str, &str)],
+    ) -> HttpResponse {
         self.call_to(RESOURCE, method, path, token, headers).await
     }
 
@@ -182,7 +206,10 @@ impl Scenario {
         headers: &[(&str, &str)],
     ) -> HttpResponse {
         let auth = format!("Bearer {token}");
-        let mut all = vec![("authorization", auth.as_str()), ("x-caracal-resource", resource)];
+        let mut all = vec![
+            ("authorization", auth.as_str()),
+            ("x-caracal-resource", resource),
+        ];
         all.extend_from_slice(headers);
         http::request(self.gateway.addr, method, path, &all, "")
             .await
