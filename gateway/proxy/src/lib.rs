@@ -3,7 +3,8 @@
 //! authority view of `gateway-state`; then the upstream credential is injected and the
 //! call proxied, with revocation re-checked while the response streams.
 //!
-//! What this crate owns: the listener and TLS (`server`), the phases (`pipeline`: admit,
+//! What this crate owns: the listener and TLS (`server`), request framing checked on the
+//! wire below hyper (`framing`), the phases (`pipeline`: admit,
 //! check_authority_fresh, authenticate, resolve, authorize, prepare_upstream, forward,
 //! finish), the single error-to-HTTP mapping (`error::rescue`), credential placement
 //! (`pipeline::prepare`), the upstream guard (`guard`), header handling (`headers`), the
@@ -22,6 +23,7 @@
 mod audit;
 mod config;
 mod error;
+mod framing;
 mod guard;
 mod headers;
 mod mandate;
@@ -514,6 +516,13 @@ fn serve(serving: Serving) -> Result<GatewayHandle, GatewayStartError> {
 /// Entry points for the fuzz target in `gateway/proxy/fuzz`; not part of the API.
 #[doc(hidden)]
 pub mod fuzzing {
+    /// Feeds `data` through the request-framing guard in small reads (the first byte picks
+    /// the read sizes). `Err` names a broken property: the reader got bytes that were not
+    /// sent, bytes were held back without a refusal, or the answer depends on the split.
+    pub fn framing(data: &[u8]) -> Result<(), String> {
+        crate::framing::exercise(data)
+    }
+
     /// Feeds `data` to every parser of caller-controlled text. Must never panic.
     pub fn exercise(data: &[u8]) {
         let text = String::from_utf8_lossy(data);

@@ -12,7 +12,10 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject as _};
 use tokio::{net::TcpListener, sync::watch};
 use tokio_rustls::TlsAcceptor;
 
-use crate::pipeline::{Gateway, ProxyBody, Refusal, render};
+use crate::{
+    framing::FramingGuard,
+    pipeline::{Gateway, ProxyBody, Refusal, render},
+};
 
 /// Builds the TLS acceptor from PEM files; one line naming the problem on failure.
 pub(crate) fn tls_acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, String> {
@@ -73,7 +76,7 @@ pub(crate) async fn serve(
         builder
             .http1()
             .timer(TokioTimer::new())
-            .header_read_timeout(limits.read_header_timeout)
+            .header_read_timeout(None)
             .max_buf_size(limits.max_header_bytes.max(8192))
             .keep_alive(true);
         builder
@@ -83,6 +86,8 @@ pub(crate) async fn serve(
             .keep_alive_interval(Some(limits.idle_timeout / 2));
         match &tls {
             None => {
+                let stream = FramingGuard::new(stream, limits.max_header_bytes, false)
+                    .with_deadlines(limits.read_header_timeout, limits.idle_timeout);
                 let connection = builder
                     .serve_connection(TokioIo::new(stream), service)
                     .into_owned();
@@ -103,6 +108,9 @@ pub(crate) async fn serve(
                     else {
                         return;
                     };
+                    let h2 = tls_stream.get_ref().1.alpn_protocol() == Some(b"h2".as_slice());
+                    let tls_stream = FramingGuard::new(tls_stream, limits.max_header_bytes, h2)
+                        .with_deadlines(limits.read_header_timeout, limits.idle_timeout);
                     let connection = builder
                         .serve_connection(TokioIo::new(tls_stream), service)
                         .into_owned();
@@ -143,8 +151,8 @@ async fn entry(
 
 /// Framing that could desynchronise a downstream parser: `Content-Length` with
 /// `Transfer-Encoding`, more than one `Content-Length`, a `Transfer-Encoding` other than a
-/// final `chunked`. hyper already refuses obsolete line folding, bad chunk sizes and
-/// conflicting lengths at the parser.
+/// final `chunked`. The second line of defence: `framing::FramingGuard` refuses these (and
+/// bare LF, obsolete line folding, bad chunk sizes) on the wire before hyper parses them.
 fn smuggling(req: &Request<Incoming>) -> Option<Refusal> {
     let headers = req.headers();
     let lengths = headers.get_all(header::CONTENT_LENGTH).iter().count();

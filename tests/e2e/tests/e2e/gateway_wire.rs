@@ -33,6 +33,30 @@ impl Raw {
         line.strip_prefix("HTTP/1.1 ")?.get(..3)?.parse().ok()
     }
 
+    /// The value of the first response's header `name` (case-insensitive).
+    fn header(&self, name: &str) -> Option<String> {
+        let text = self.text();
+        let (head, _) = text.split_once("\r\n\r\n")?;
+        head.split("\r\n").skip(1).find_map(|line| {
+            let (n, v) = line.split_once(':')?;
+            n.eq_ignore_ascii_case(name).then(|| v.trim().to_owned())
+        })
+    }
+
+    /// The last response on the connection (the one after the last `HTTP/1.1 `).
+    fn last_response(&self) -> Raw {
+        let at = self
+            .bytes
+            .windows(9)
+            .rposition(|w| w == b"HTTP/1.1 ")
+            .unwrap_or(0);
+        Raw {
+            bytes: self.bytes[at..].to_vec(),
+            closed: self.closed,
+            after: self.after,
+        }
+    }
+
     /// The first response's JSON body (the gateway's catalog body), if any.
     fn json(&self) -> Value {
         let text = self.text();
@@ -81,7 +105,8 @@ async fn request_smuggling_shapes() -> anyhow::Result<()> {
     let host = addr.to_string();
     let wait = Duration::from_secs(3);
 
-    // Refused by hyper's parser: 400 and the connection closed.
+    // Refused on the wire, before hyper parses the head (gateway-proxy `framing`): 400
+    // with the catalog body and the connection closed.
     let refused = [
         (
             "duplicate Content-Length with different values",
@@ -90,8 +115,30 @@ async fn request_smuggling_shapes() -> anyhow::Result<()> {
             ),
         ),
         (
+            "duplicate equal Content-Length",
+            format!(
+                "POST /items HTTP/1.1\r\nHost: {host}\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\nhello"
+            ),
+        ),
+        (
+            "Content-Length with Transfer-Encoding",
+            format!(
+                "POST /items HTTP/1.1\r\nHost: {host}\r\nContent-Length: 6\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+            ),
+        ),
+        (
+            "Transfer-Encoding with Content-Length",
+            format!(
+                "POST /items HTTP/1.1\r\nHost: {host}\r\nTransfer-Encoding: chunked\r\nContent-Length: 6\r\n\r\n0\r\n\r\n"
+            ),
+        ),
+        (
             "obsolete line folding",
             format!("GET /items HTTP/1.1\r\nHost: {host}\r\nX-Folded: a\r\n b\r\n\r\n"),
+        ),
+        (
+            "bare LF line endings",
+            format!("GET /items HTTP/1.1\nHost: {host}\n\n"),
         ),
         (
             "Transfer-Encoding not ending in chunked",
@@ -99,57 +146,27 @@ async fn request_smuggling_shapes() -> anyhow::Result<()> {
                 "POST /items HTTP/1.1\r\nHost: {host}\r\nTransfer-Encoding: chunked, gzip\r\n\r\n0\r\n\r\n"
             ),
         ),
+        (
+            "a bad second head on a keep-alive connection",
+            format!(
+                "GET /health HTTP/1.1\r\nHost: {host}\r\n\r\nGET /items HTTP/1.1\r\nHost: {host}\nX: y\r\n\r\n"
+            ),
+        ),
     ];
     for (shape, request) in &refused {
         let answer = raw(addr, request.as_bytes(), wait).await;
-        assert_eq!(answer.status(), Some(400), "{shape}: {:?}", answer.text());
+        let refusal = answer.last_response();
+        assert_eq!(refusal.status(), Some(400), "{shape}: {:?}", answer.text());
+        assert_framing_refusal(&refusal, shape, "malformed request framing");
         assert!(answer.closed, "{shape}: the connection is closed");
     }
+    assert!(
+        s.upstream.requests().is_empty(),
+        "no refused request reached the upstream"
+    );
 
-    // Accepted by hyper (wire-contract §4.8 wants 400): hyper drops a Content-Length sent
-    // with Transfer-Encoding: chunked (and closes after the answer), drops an equal second
-    // Content-Length, and accepts bare LF line endings, so the gateway's own framing check
-    // never sees them and the request runs the pipeline (here: 401, no bearer).
-    let accepted = [
-        (
-            "Content-Length with Transfer-Encoding",
-            format!(
-                "POST /items HTTP/1.1\r\nHost: {host}\r\nContent-Length: 6\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
-            ),
-            true,
-        ),
-        (
-            "Transfer-Encoding with Content-Length",
-            format!(
-                "POST /items HTTP/1.1\r\nHost: {host}\r\nTransfer-Encoding: chunked\r\nContent-Length: 6\r\n\r\n0\r\n\r\n"
-            ),
-            true,
-        ),
-        (
-            "duplicate equal Content-Length",
-            format!(
-                "POST /items HTTP/1.1\r\nHost: {host}\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\nhello"
-            ),
-            false,
-        ),
-        (
-            "bare LF line endings",
-            format!("GET /items HTTP/1.1\nHost: {host}\n\n"),
-            false,
-        ),
-    ];
-    for (shape, request, closes) in &accepted {
-        let answer = raw(addr, request.as_bytes(), Duration::from_millis(1500)).await;
-        assert_eq!(answer.status(), Some(401), "{shape}: {:?}", answer.text());
-        assert_eq!(
-            answer.json()["error_description"],
-            "missing bearer token",
-            "{shape}"
-        );
-        assert_eq!(answer.closed, *closes, "{shape}: connection closed?");
-    }
-
-    // A bad chunk size in a governed request: the body fails while it is forwarded.
+    // A bad chunk size in a governed request: the head is good and the request runs; the
+    // refusal comes when its body is read.
     let request = format!(
         "{}zz\r\nhello\r\n0\r\n\r\n",
         governed_head(&s, "POST /items HTTP/1.1", "Transfer-Encoding: chunked\r\n")
@@ -161,6 +178,7 @@ async fn request_smuggling_shapes() -> anyhow::Result<()> {
         "bad chunk size: {:?}",
         answer.text()
     );
+    assert_framing_refusal(&answer, "bad chunk size", "malformed request framing");
     assert!(answer.closed, "bad chunk size: the connection is closed");
     assert!(
         s.upstream.requests().iter().all(|r| r.body.is_empty()),
@@ -168,6 +186,22 @@ async fn request_smuggling_shapes() -> anyhow::Result<()> {
     );
     s.stop().await;
     Ok(())
+}
+
+/// A refusal written by the framing guard: the catalog body, `X-Request-Id` equal to its
+/// `requestId`, `Connection: close`.
+fn assert_framing_refusal(answer: &Raw, shape: &str, description: &str) {
+    let body = answer.json();
+    assert_eq!(body["error"], "invalid_token", "{shape}: {body}");
+    assert_eq!(body["error_description"], description, "{shape}: {body}");
+    let id = answer.header("x-request-id");
+    assert!(id.is_some(), "{shape}: x-request-id");
+    assert_eq!(body["requestId"].as_str(), id.as_deref(), "{shape}: {body}");
+    assert_eq!(
+        answer.header("connection").as_deref(),
+        Some("close"),
+        "{shape}"
+    );
 }
 
 #[tokio::test]
@@ -180,6 +214,7 @@ async fn an_oversized_header_block_is_431() -> anyhow::Result<()> {
     );
     let answer = raw(s.gateway.addr, request.as_bytes(), Duration::from_secs(3)).await;
     assert_eq!(answer.status(), Some(431), "{:?}", answer.text());
+    assert_framing_refusal(&answer, "431", "request header block too large");
     assert!(answer.closed);
     assert!(s.upstream.requests().is_empty());
     s.stop().await;
@@ -401,6 +436,41 @@ async fn the_path_and_query_join_the_upstream_url() -> anyhow::Result<()> {
         pairs,
         ["q=fixed", "v=2", "z=3"],
         "the upstream URL's keys win: {query}"
+    );
+    s.stop().await;
+    Ok(())
+}
+
+/// Keep-alive: an idle connection outlives the header deadline (which starts at a head's
+/// first byte), and is closed at `IDLE_TIMEOUT`.
+#[tokio::test]
+async fn an_idle_keep_alive_connection_lasts_until_the_idle_timeout() -> anyhow::Result<()> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let s = Scenario::start_with(
+        &[("READ_HEADER_TIMEOUT", "1"), ("IDLE_TIMEOUT", "3")],
+        |_| {},
+    )
+    .await?;
+    let mut stream = tokio::net::TcpStream::connect(s.gateway.addr).await?;
+    let health = format!("GET /health HTTP/1.1\r\nHost: {}\r\n\r\n", s.gateway.addr);
+    let mut buf = vec![0_u8; 4096];
+    for pause in [Duration::ZERO, Duration::from_millis(2000)] {
+        tokio::time::sleep(pause).await;
+        stream.write_all(health.as_bytes()).await?;
+        let n = tokio::time::timeout(Duration::from_secs(2), stream.read(&mut buf)).await??;
+        let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+        assert!(
+            text.starts_with("HTTP/1.1 200"),
+            "after {pause:?} idle: {text}"
+        );
+    }
+    let started = tokio::time::Instant::now();
+    let n = tokio::time::timeout(Duration::from_secs(6), stream.read(&mut buf)).await??;
+    assert_eq!(n, 0, "closed by the gateway");
+    let after = started.elapsed();
+    assert!(
+        after >= Duration::from_millis(2500) && after <= Duration::from_millis(4500),
+        "closed after {after:?}"
     );
     s.stop().await;
     Ok(())
