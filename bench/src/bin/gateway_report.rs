@@ -465,12 +465,13 @@ impl Report {
         );
         println!();
         println!(
-            "Ablation, proxy CPU µs per request (median of the pinned maximum-throughput runs) and the step's delta:"
+            "Ablation, proxy CPU µs per request (median of the pinned maximum-throughput runs) and the step's delta (each `governed+…` step against `governed`):"
         );
         println!();
         println!("| step | proxy µs/request | delta | all parties µs/request |");
         println!("|---|---|---|---|");
         let mut previous: Option<f64> = None;
+        let mut governed: Option<f64> = None;
         for target in ORDER {
             let Some(se) = self.find("pinned", "closed", target) else {
                 continue;
@@ -484,10 +485,19 @@ impl Report {
                 .iter()
                 .filter_map(|p| median(&sorted(se.values(&["cpu", p, "us_per_request"]))))
                 .sum();
-            let delta = match (proxy, previous) {
+            // The `governed+…` steps each add one thing to `governed`, not to each other.
+            let base = if target.starts_with("governed+") {
+                governed
+            } else {
+                previous
+            };
+            let delta = match (proxy, base) {
                 (Some(p), Some(q)) => format!("{:+.1}", p - q),
                 _ => "–".to_owned(),
             };
+            if target == "governed" {
+                governed = proxy;
+            }
             println!(
                 "| {target} | {} | {delta} | {all:.1} |",
                 proxy.map_or("–".to_owned(), |p| format!("{p:.1}")),

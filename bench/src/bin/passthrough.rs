@@ -8,9 +8,10 @@
 //! The same building blocks, configured as the gateway configures them:
 //!
 //! - the listener of `gateway/proxy/src/server.rs`: `TCP_NODELAY`, a connection cap of
-//!   10,000 that sheds, hyper-util's `auto` builder (HTTP/1.1 and HTTP/2) with the
-//!   header-read timeout (5 s), a 16 KiB header buffer and keep-alive, HTTP/2 keep-alive
-//!   pings every 60 s;
+//!   10,000 that sheds, hyper-util's `auto` builder (HTTP/1.1 and HTTP/2) with hyper's own
+//!   header-read timer off (the gateway's does not use it either: it closed idle keep-alive
+//!   connections), a 16 KiB header buffer and keep-alive, HTTP/2 keep-alive pings every
+//!   60 s;
 //! - the upstream client of `gateway/proxy/src/upstream.rs`: hyper-util's legacy pooled
 //!   client over `HttpConnector` (`TCP_NODELAY`, 5 s connect timeout) wrapped by
 //!   hyper-rustls (`https_or_http`, HTTP/1.1), idle connections kept 120 s, at most 256 per
@@ -20,6 +21,11 @@
 //! upstream, drops the hop-by-hop headers both ways and streams both bodies. No mandate,
 //! no Redis, no policy, no audit, no header sanitising beyond hop-by-hop: everything the
 //! gateway does on top of this is governance. A failed upstream call answers 502.
+//!
+//! Not here either: the gateway's wire-level framing guard (`gateway/proxy/src/framing.rs`,
+//! crate-private), which checks every request head before hyper parses it and owns the head
+//! (5 s) and idle (120 s) deadlines. Its cost therefore lands on the governed side of the
+//! ablation, and idle connections here are never closed by the server.
 //!
 //! The runtime is tokio's default multi-thread runtime, sized like the gateway's (the CPU
 //! affinity mask, or `TOKIO_WORKER_THREADS`). SIGTERM or SIGINT stops it.
@@ -39,7 +45,6 @@ use hyper_util::{
 use tokio::{net::TcpListener, sync::Semaphore};
 
 /// The gateway's defaults (`gateway/proxy/src/config.rs`, `Limits`).
-const READ_HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
 const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(30);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -167,7 +172,7 @@ async fn serve(proxy: Arc<Proxy>, listener: TcpListener) {
         builder
             .http1()
             .timer(TokioTimer::new())
-            .header_read_timeout(READ_HEADER_TIMEOUT)
+            .header_read_timeout(None)
             .max_buf_size(MAX_HEADER_BYTES.max(8192))
             .keep_alive(true);
         builder

@@ -115,6 +115,25 @@ impl HmacKey {
         Self::from_lookup(var, process_env)
     }
 
+    /// The stream keys: `STREAMS_HMAC_KEY`, then `STREAMS_HMAC_KEY_PREVIOUS` during a
+    /// rotation (each also as `_FILE`); empty when neither is set.
+    ///
+    /// # Errors
+    ///
+    /// As [`HmacKey::from_lookup`].
+    pub fn stream_keys<F>(lookup: F) -> Result<Vec<Self>, KeyConfigError>
+    where
+        F: Fn(&str) -> Option<String>,
+    {
+        let mut keys = Vec::new();
+        for var in ["STREAMS_HMAC_KEY", "STREAMS_HMAC_KEY_PREVIOUS"] {
+            if let Some(key) = Self::from_lookup(var, &lookup)? {
+                keys.push(key);
+            }
+        }
+        Ok(keys)
+    }
+
     /// Loads the key from `var` or `var_FILE` through `lookup` (a stand-in for
     /// the environment), e.g. `STREAMS_HMAC_KEY` or
     /// `STREAMS_HMAC_KEY_PREVIOUS`. Returns `Ok(None)` when neither is set

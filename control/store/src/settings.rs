@@ -9,6 +9,8 @@ use sqlx::postgres::PgConnectOptions;
 
 use crate::{ConfigError, ServiceRole};
 
+pub mod role;
+
 /// Reads one variable; `None` when unset. Empty values count as unset.
 pub type Lookup<'a> = &'a dyn Fn(&str) -> Option<String>;
 

@@ -7,14 +7,7 @@ use control_crypto::{HmacKey, KekRing};
 /// Reads one variable; `None` when unset or empty.
 pub type Lookup<'a> = &'a dyn Fn(&str) -> Option<String>;
 
-/// Deployment mode (`CARACAL_MODE`): `dev` relaxes key requirements with warnings.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
-    /// Development: missing HMAC keys are warnings; metrics are open.
-    Dev,
-    /// Release candidate or stable: every key is mandatory.
-    Production,
-}
+pub use control_store::settings::role::Mode;
 
 /// The validated STS configuration.
 #[derive(Clone)]
@@ -78,41 +71,17 @@ pub struct ConfigError(pub String);
 impl StsConfig {
     /// Reads and validates the configuration.
     pub fn from_lookup(lookup: Lookup<'_>) -> Result<Self, ConfigError> {
-        let mode = match lookup("CARACAL_MODE").as_deref() {
-            None | Some("dev") => Mode::Dev,
-            Some("rc" | "stable") => Mode::Production,
-            Some(_) => {
-                return Err(ConfigError(
-                    "CARACAL_MODE must be dev, rc or stable".to_owned(),
-                ));
-            }
-        };
+        use control_store::settings::role;
+        let mode = role::mode(lookup).map_err(ConfigError)?;
         let bind = match lookup("CARACAL_STS_ADDR") {
             None => SocketAddr::from(([0, 0, 0, 0], 8080)),
             Some(raw) => raw.parse().map_err(|_bad| {
                 ConfigError("CARACAL_STS_ADDR must be host:port, e.g. 0.0.0.0:8080".to_owned())
             })?,
         };
-        let issuer_url = lookup("ISSUER_URL").unwrap_or_else(|| "http://localhost:8080".to_owned());
-        if !(issuer_url.starts_with("http://") || issuer_url.starts_with("https://"))
-            || issuer_url.ends_with('/')
-        {
-            return Err(ConfigError(
-                "ISSUER_URL must be an http(s) URL without a trailing slash".to_owned(),
-            ));
-        }
-        let number = |var: &str, default: u64, min: u64, max: u64| -> Result<u64, ConfigError> {
-            match lookup(var) {
-                None => Ok(default),
-                Some(raw) => raw
-                    .trim()
-                    .parse::<u64>()
-                    .ok()
-                    .filter(|v| (min..=max).contains(v))
-                    .ok_or_else(|| {
-                        ConfigError(format!("{var} must be an integer between {min} and {max}"))
-                    }),
-            }
+        let issuer_url = role::issuer_url(lookup).map_err(ConfigError)?;
+        let number = |var: &str, default: u64, min: u64, max: u64| {
+            role::number(lookup, var, default, min, max).map_err(ConfigError)
         };
         let kek = KekRing::from_lookup(lookup).map_err(|e| ConfigError(e.to_string()))?;
         let audit_hmac_key = HmacKey::from_lookup("AUDIT_HMAC_KEY", lookup)
@@ -122,14 +91,8 @@ impl StsConfig {
                 "AUDIT_HMAC_KEY is required when CARACAL_MODE is rc or stable".to_owned(),
             ));
         }
-        let mut streams_hmac_keys = Vec::new();
-        for var in ["STREAMS_HMAC_KEY", "STREAMS_HMAC_KEY_PREVIOUS"] {
-            if let Some(key) =
-                HmacKey::from_lookup(var, lookup).map_err(|e| ConfigError(e.to_string()))?
-            {
-                streams_hmac_keys.push(key);
-            }
-        }
+        let streams_hmac_keys =
+            HmacKey::stream_keys(lookup).map_err(|e| ConfigError(e.to_string()))?;
         if mode == Mode::Production && streams_hmac_keys.is_empty() {
             return Err(ConfigError(
                 "STREAMS_HMAC_KEY is required when CARACAL_MODE is rc or stable".to_owned(),
@@ -141,9 +104,7 @@ impl StsConfig {
             control_audience: lookup("CONTROL_AUDIENCE")
                 .unwrap_or_else(|| "caracal-control".to_owned()),
             mint_limit_per_minute: number("STS_MINT_RATE_LIMIT_PER_MIN", 1000, 1, 1_000_000)?,
-            instance_id: lookup("CARACAL_INSTANCE_ID")
-                .or_else(|| lookup("HOSTNAME"))
-                .unwrap_or_else(|| "sts-0".to_owned()),
+            instance_id: role::instance_id(lookup, "sts-0"),
             mode,
             metrics_bearer: lookup("METRICS_BEARER"),
             redis_url: lookup("REDIS_URL").unwrap_or_else(|| "redis://127.0.0.1:6379".to_owned()),

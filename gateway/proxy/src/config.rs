@@ -13,14 +13,7 @@ pub type Lookup<'a> = &'a dyn Fn(&str) -> Option<String>;
 #[error("{0}")]
 pub struct ConfigError(pub String);
 
-/// Deployment mode (`CARACAL_MODE`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
-    /// Development: a missing `STREAMS_HMAC_KEY` is a warning; metrics are open.
-    Dev,
-    /// `rc` or `stable`: every key is mandatory.
-    Production,
-}
+pub use control_store::settings::role::Mode;
 
 /// Request and connection limits (wire-contract §4.8).
 #[derive(Debug, Clone, Copy)]
@@ -125,41 +118,17 @@ impl std::fmt::Debug for GatewayConfig {
 impl GatewayConfig {
     /// Reads and validates the configuration.
     pub fn from_lookup(lookup: Lookup<'_>) -> Result<Self, ConfigError> {
-        let mode = match lookup("CARACAL_MODE").as_deref() {
-            None | Some("dev") => Mode::Dev,
-            Some("rc" | "stable") => Mode::Production,
-            Some(_) => {
-                return Err(ConfigError(
-                    "CARACAL_MODE must be dev, rc or stable".to_owned(),
-                ));
-            }
-        };
+        use control_store::settings::role;
+        let mode = role::mode(lookup).map_err(ConfigError)?;
         let bind = match lookup("CARACAL_GATEWAY_ADDR") {
             None => SocketAddr::from(([0, 0, 0, 0], 8081)),
             Some(raw) => raw.parse().map_err(|_bad| {
                 ConfigError("CARACAL_GATEWAY_ADDR must be host:port, e.g. 0.0.0.0:8081".to_owned())
             })?,
         };
-        let issuer_url = lookup("ISSUER_URL").unwrap_or_else(|| "http://localhost:8080".to_owned());
-        if !(issuer_url.starts_with("http://") || issuer_url.starts_with("https://"))
-            || issuer_url.ends_with('/')
-        {
-            return Err(ConfigError(
-                "ISSUER_URL must be an http(s) URL without a trailing slash".to_owned(),
-            ));
-        }
-        let number = |var: &str, default: u64, min: u64, max: u64| -> Result<u64, ConfigError> {
-            match lookup(var) {
-                None => Ok(default),
-                Some(raw) => raw
-                    .trim()
-                    .parse::<u64>()
-                    .ok()
-                    .filter(|v| (min..=max).contains(v))
-                    .ok_or_else(|| {
-                        ConfigError(format!("{var} must be an integer between {min} and {max}"))
-                    }),
-            }
+        let issuer_url = role::issuer_url(lookup).map_err(ConfigError)?;
+        let number = |var: &str, default: u64, min: u64, max: u64| {
+            role::number(lookup, var, default, min, max).map_err(ConfigError)
         };
         // Durations accept whole seconds ("30") or a unit suffix ("30s", "500ms").
         let duration = |var: &str, default: Duration| -> Result<Duration, ConfigError> {
@@ -175,14 +144,8 @@ impl GatewayConfig {
             }
         };
         let kek = KekRing::from_lookup(lookup).map_err(|e| ConfigError(e.to_string()))?;
-        let mut streams_hmac_keys = Vec::new();
-        for var in ["STREAMS_HMAC_KEY", "STREAMS_HMAC_KEY_PREVIOUS"] {
-            if let Some(key) =
-                HmacKey::from_lookup(var, lookup).map_err(|e| ConfigError(e.to_string()))?
-            {
-                streams_hmac_keys.push(key);
-            }
-        }
+        let streams_hmac_keys =
+            HmacKey::stream_keys(lookup).map_err(|e| ConfigError(e.to_string()))?;
         if mode == Mode::Production && streams_hmac_keys.is_empty() {
             return Err(ConfigError(
                 "STREAMS_HMAC_KEY is required when CARACAL_MODE is rc or stable".to_owned(),
@@ -231,7 +194,7 @@ impl GatewayConfig {
             issuer_url,
             control_audience: lookup("CONTROL_AUDIENCE")
                 .unwrap_or_else(|| "caracal-control".to_owned()),
-            instance_id: lookup("CARACAL_INSTANCE_ID").unwrap_or_else(hostname),
+            instance_id: role::instance_id(lookup, "gateway"),
             mode,
             audit_redis_url: lookup("AUDIT_REDIS_URL").unwrap_or_else(|| redis_url.clone()),
             redis_url,
@@ -274,14 +237,6 @@ fn parse_duration(raw: &str) -> Option<Duration> {
         "m" => value.checked_mul(60).map(Duration::from_secs),
         _ => None,
     }
-}
-
-fn hostname() -> String {
-    std::fs::read_to_string("/etc/hostname")
-        .ok()
-        .map(|h| h.trim().to_owned())
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "gateway".to_owned())
 }
 
 #[cfg(test)]

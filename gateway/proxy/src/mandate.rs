@@ -102,8 +102,12 @@ fn string_or_array<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>
 impl Verified {
     /// Parses verified claims bytes; `None` when a required member is mistyped.
     pub(crate) fn parse(bytes: &[u8]) -> Option<Self> {
-        let all: Map<String, Value> = serde_json::from_slice(bytes).ok()?;
-        let mut verified: Self = serde_json::from_value(Value::Object(all.clone())).ok()?;
+        let all: Value = serde_json::from_slice(bytes).ok()?;
+        // Deserialised from a reference: the claims are parsed once and not copied.
+        let mut verified = Self::deserialize(&all).ok()?;
+        let Value::Object(all) = all else {
+            return None;
+        };
         verified.all = all;
         Some(verified)
     }
