@@ -9,6 +9,7 @@
 //! costs in production and later ones hit the STS's verified-secret cache.
 
 pub mod procstat;
+pub mod tally;
 
 /// The token-exchange grant type.
 pub const GRANT: &str = "urn:ietf:params:oauth:grant-type:token-exchange";

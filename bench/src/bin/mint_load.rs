@@ -22,8 +22,8 @@
 //! `steal_util` the CPU the hypervisor took away from this virtual machine. `--timeline`
 //! adds `[answers, worst latency µs]` for each second of the run.
 
+use bench::tally::Tally;
 use std::{
-    collections::BTreeMap,
     net::SocketAddr,
     sync::{
         Arc,
@@ -104,79 +104,6 @@ fn main() -> anyhow::Result<()> {
     let result = runtime.block_on(run(&args))?;
     println!("{result}");
     Ok(())
-}
-
-/// What one worker saw.
-struct Tally {
-    latency: Histogram<u64>,
-    service: Histogram<u64>,
-    ok: u64,
-    statuses: BTreeMap<u16, u64>,
-    io_errors: u64,
-    bad_bodies: u64,
-    sample_error: Option<String>,
-    last_done: Option<Instant>,
-    /// Per second since the start: (answers, worst latency µs).
-    seconds: Vec<(u64, u64)>,
-}
-
-impl Tally {
-    fn new() -> anyhow::Result<Self> {
-        Ok(Self {
-            latency: Histogram::new_with_bounds(1, 60_000_000, 3)?,
-            service: Histogram::new_with_bounds(1, 60_000_000, 3)?,
-            ok: 0,
-            statuses: BTreeMap::new(),
-            io_errors: 0,
-            bad_bodies: 0,
-            sample_error: None,
-            last_done: None,
-            seconds: Vec::new(),
-        })
-    }
-
-    fn merge(&mut self, other: Self) -> anyhow::Result<()> {
-        self.latency.add(&other.latency)?;
-        self.service.add(&other.service)?;
-        self.ok += other.ok;
-        for (status, n) in other.statuses {
-            *self.statuses.entry(status).or_default() += n;
-        }
-        self.io_errors += other.io_errors;
-        self.bad_bodies += other.bad_bodies;
-        if self.sample_error.is_none() {
-            self.sample_error = other.sample_error;
-        }
-        self.last_done = self.last_done.max(other.last_done);
-        if self.seconds.len() < other.seconds.len() {
-            self.seconds.resize(other.seconds.len(), (0, 0));
-        }
-        for (mine, theirs) in self.seconds.iter_mut().zip(other.seconds) {
-            mine.0 += theirs.0;
-            mine.1 = mine.1.max(theirs.1);
-        }
-        Ok(())
-    }
-
-    fn second(&mut self, start: Instant, done: Instant, latency_us: u64) {
-        let index = usize::try_from(done.duration_since(start).as_secs()).unwrap_or(usize::MAX);
-        if index > 3600 {
-            return;
-        }
-        if self.seconds.len() <= index {
-            self.seconds.resize(index + 1, (0, 0));
-        }
-        if let Some(slot) = self.seconds.get_mut(index) {
-            slot.0 += 1;
-            slot.1 = slot.1.max(latency_us);
-        }
-    }
-
-    fn error(&mut self, text: String) {
-        if self.sample_error.is_none() {
-            self.sample_error = Some(text.chars().take(400).collect());
-        }
-    }
 }
 
 /// One keep-alive connection, reopened after an I/O failure.
