@@ -3,7 +3,7 @@
 //! in the re-checks while a response streams.
 //!
 //! - **Marks.** A revoked authority record, a stopped or suspended agent session and a
-//!   revoked edge each leave a mark (`r:`, `s:`, `e:` + id). Stream messages set marks the
+//!   revoked edge each leave a mark (one map per kind, keyed by id). Stream messages set marks the
 //!   moment they are read; the poll sets them from Postgres and clears a session's mark when
 //!   it is active again (resume), but never a mark set after the poll began.
 //! - **Read-through.** Records, sessions and edges a request names are loaded once from
@@ -151,7 +151,8 @@ pub struct AuthorityView {
     sessions: RowCache<AgentSessionView>,
     edges: RowCache<EdgeView>,
     epochs: moka::sync::Cache<String, i64>,
-    marks: moka::sync::Cache<String, Mark>,
+    /// Marks by id, one map per [`Kind`]: a check needs no key to be built.
+    marks: [moka::sync::Cache<String, Mark>; 3],
     consumers: Vec<Arc<FanoutStats>>,
     last_poll_ms: AtomicI64,
     max_age: Duration,
@@ -161,7 +162,7 @@ pub struct AuthorityView {
 impl std::fmt::Debug for AuthorityView {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AuthorityView")
-            .field("marks", &self.marks.entry_count())
+            .field("marks", &self.mark_count())
             .field("max_age", &self.max_age)
             .finish_non_exhaustive()
     }
@@ -178,10 +179,12 @@ impl AuthorityView {
             sessions: row_cache(),
             edges: row_cache(),
             epochs: moka::sync::Cache::builder().max_capacity(100_000).build(),
-            marks: moka::sync::Cache::builder()
-                .max_capacity(1_000_000)
-                .expire_after(MarkExpiry)
-                .build(),
+            marks: [(); 3].map(|()| {
+                moka::sync::Cache::builder()
+                    .max_capacity(1_000_000)
+                    .expire_after(MarkExpiry)
+                    .build()
+            }),
             consumers,
             last_poll_ms: AtomicI64::new(0),
             max_age,
@@ -228,32 +231,40 @@ impl AuthorityView {
     /// Step 13's marks: any of the anchors revoked. Synchronous and cheap: the streaming
     /// re-checks call this before every read from the upstream.
     pub fn anchors_revoked(&self, anchors: &Anchors) -> bool {
-        let marked =
-            |kind: &str, id: &str| !id.is_empty() && self.marks.contains_key(&key(kind, id));
-        marked("r", &anchors.sid)
-            || marked("r", &anchors.root_sid)
+        let marked = |kind: Kind, id: &str| !id.is_empty() && self.marks(kind).contains_key(id);
+        marked(Kind::Record, &anchors.sid)
+            || marked(Kind::Record, &anchors.root_sid)
             || anchors
                 .agent_session_id
                 .as_deref()
-                .is_some_and(|id| marked("s", id))
+                .is_some_and(|id| marked(Kind::Session, id))
             || anchors
                 .delegation_edge_id
                 .as_deref()
-                .is_some_and(|id| marked("e", id))
+                .is_some_and(|id| marked(Kind::Edge, id))
     }
 
     /// Number of marks held (metrics, `/internal/revocations/reload`).
     pub fn mark_count(&self) -> u64 {
-        self.marks.run_pending_tasks();
-        self.marks.entry_count()
+        self.marks
+            .iter()
+            .map(|marks| {
+                marks.run_pending_tasks();
+                marks.entry_count()
+            })
+            .sum()
     }
 
-    fn mark(&self, kind: &str, id: &str, until: i64) {
+    fn marks(&self, kind: Kind) -> &moka::sync::Cache<String, Mark> {
+        &self.marks[kind as usize]
+    }
+
+    fn mark(&self, kind: Kind, id: &str, until: i64) {
         if id.is_empty() {
             return;
         }
-        self.marks.insert(
-            key(kind, id),
+        self.marks(kind).insert(
+            id.to_owned(),
             Mark {
                 until,
                 set_ms: Utc::now().timestamp_millis(),
@@ -393,15 +404,15 @@ impl AuthorityView {
         match stream {
             streams::SESSIONS_REVOKE => {
                 if let Some(id) = field("session_id") {
-                    self.mark("r", id, until);
+                    self.mark(Kind::Record, id, until);
                     self.records.invalidate(id).await;
                 }
                 if let Some(id) = field("agent_session_id") {
-                    self.mark("s", id, until);
+                    self.mark(Kind::Session, id, until);
                     self.sessions.invalidate(id).await;
                 }
                 if let Some(id) = field("delegation_edge_id") {
-                    self.mark("e", id, until);
+                    self.mark(Kind::Edge, id, until);
                     self.edges.invalidate(id).await;
                 }
             }
@@ -410,8 +421,8 @@ impl AuthorityView {
                     return;
                 };
                 match field("event") {
-                    Some("suspend" | "terminate") => self.mark("s", id, until),
-                    Some("resume") => self.marks.invalidate(&key("s", id)),
+                    Some("suspend" | "terminate") => self.mark(Kind::Session, id, until),
+                    Some("resume") => self.marks(Kind::Session).invalidate(id),
                     _ => {}
                 }
                 self.sessions.invalidate(id).await;
@@ -425,7 +436,7 @@ impl AuthorityView {
                 }
                 if let Some(id) = field("edge_id") {
                     if field("event") == Some("edge_revoke") {
-                        self.mark("e", id, until);
+                        self.mark(Kind::Edge, id, until);
                     }
                     self.edges.invalidate(id).await;
                 }
@@ -460,8 +471,8 @@ impl AuthorityView {
         tx.finish().await?;
 
         for record in revoked {
-            if !self.marks.contains_key(&key("r", &record.id)) {
-                self.mark("r", &record.id, record.expires_at.timestamp());
+            if !self.marks(Kind::Record).contains_key(&record.id) {
+                self.mark(Kind::Record, &record.id, record.expires_at.timestamp());
                 self.records.invalidate(&record.id).await;
             }
         }
@@ -469,8 +480,8 @@ impl AuthorityView {
         for session in sessions {
             let id = session.id.clone();
             match session.status.as_str() {
-                "active" => self.unmark_if_older("s", &id, started_ms),
-                _ => self.mark("s", &id, until),
+                "active" => self.unmark_if_older(Kind::Session, &id, started_ms),
+                _ => self.mark(Kind::Session, &id, until),
             }
             if self.sessions.contains_key(&id) {
                 self.sessions.insert(id, Some(Arc::new(session))).await;
@@ -479,7 +490,7 @@ impl AuthorityView {
         for edge in edges {
             let id = edge.id.clone();
             if edge.status == "revoked" || edge.revoked_at.is_some() {
-                self.mark("e", &id, until);
+                self.mark(Kind::Edge, &id, until);
             }
             if self.edges.contains_key(&id) {
                 self.edges.insert(id, Some(Arc::new(edge))).await;
@@ -501,20 +512,23 @@ impl AuthorityView {
 
     /// Clears a mark unless a message set it after `since_ms` (a revocation read while
     /// this poll ran must survive the poll's older snapshot).
-    fn unmark_if_older(&self, kind: &str, id: &str, since_ms: i64) {
-        let k = key(kind, id);
-        if self.marks.get(&k).is_some_and(|m| m.set_ms < since_ms) {
-            self.marks.invalidate(&k);
+    fn unmark_if_older(&self, kind: Kind, id: &str, since_ms: i64) {
+        let marks = self.marks(kind);
+        if marks.get(id).is_some_and(|m| m.set_ms < since_ms) {
+            marks.invalidate(id);
         }
     }
 }
 
-fn key(kind: &str, id: &str) -> String {
-    let mut k = String::with_capacity(kind.len() + 1 + id.len());
-    k.push_str(kind);
-    k.push(':');
-    k.push_str(id);
-    k
+/// What a mark is about.
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    /// A revoked authority record (`sid`, `root_sid`).
+    Record = 0,
+    /// A stopped or suspended agent session.
+    Session = 1,
+    /// A revoked delegation edge.
+    Edge = 2,
 }
 
 /// What one request's §2.3 re-validation reads, fetched once and held for the decision.
