@@ -163,13 +163,14 @@ pub(crate) struct Resolved {
 }
 
 impl Gateway {
-    /// Serves one request on port 8081 (operator routes are answered before this).
+    /// Serves one request on port 8081 (operator routes are answered before this);
+    /// `request_id` is the one the frame took from the request (wire-contract §1.3).
     pub(crate) async fn handle(
         self: &Arc<Self>,
         req: Request<Incoming>,
+        request_id: String,
         peer: Option<SocketAddr>,
     ) -> Response<ProxyBody> {
-        let request_id = control_http::request_id(&req).as_str().to_owned();
         let mut ctx = match self.admit(&request_id, peer) {
             Ok(ctx) => ctx,
             Err(error) => {

@@ -134,19 +134,18 @@ async fn entry(
     peer: SocketAddr,
 ) -> Response<ProxyBody> {
     gateway.metrics.record_request();
+    let request_id = control_http::request_id(&req).as_str().to_owned();
     if let Some(refusal) = smuggling(&req) {
-        let request_id = control_http::request_id(&req).as_str().to_owned();
         let mut response = render(&refusal, &request_id);
         response
             .headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
         return response;
     }
-    let request_id = control_http::request_id(&req).as_str().to_owned();
     if let Some(response) = crate::ops::route(gateway, &req, &request_id).await {
         return response;
     }
-    gateway.handle(req, Some(peer)).await
+    gateway.handle(req, request_id, Some(peer)).await
 }
 
 /// Framing that could desynchronise a downstream parser: `Content-Length` with
