@@ -6,7 +6,7 @@ export CARGO_TERM_COLOR ?= never
 
 .PHONY: ci services toolchain fmt fmt-check lint test e2e conformance plugins fuzz-smoke bench clean-test-dbs openapi
 
-ci: toolchain services fmt-check lint test conformance
+ci: toolchain services fmt-check plugins lint test conformance
 
 toolchain:
 	scripts/toolchain.sh
@@ -16,9 +16,11 @@ services:
 
 fmt:
 	$(CARGO) fmt --all
+	$(CARGO) fmt --manifest-path plugins/Cargo.toml --all
 
 fmt-check:
 	$(CARGO) fmt --all -- --check
+	$(CARGO) fmt --manifest-path plugins/Cargo.toml --all -- --check
 
 lint:
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
@@ -55,6 +57,13 @@ fuzz-smoke:
 bench:
 	bench/load/sts_mints.sh
 
-# Targets that later issues fill in: plugins (issue 6).
+# The WebAssembly plugins: plugins/ is its own workspace, built for wasm32-wasip2 into
+# components (plugins/target/wasm32-wasip2/release/*.wasm), with native unit tests and clippy
+# on both targets. Before `lint` and `test` in `ci`: tests-fixtures builds these components.
+PLUGINS_MANIFEST := --manifest-path plugins/Cargo.toml
 plugins:
-	@echo "make $@: nothing to run yet; see docs/ARCHITECTURE.md (crate index) for the issue that adds it"
+	rustup target list --installed | grep -q wasm32-wasip2 || rustup target add wasm32-wasip2
+	$(CARGO) build $(PLUGINS_MANIFEST) --workspace --target wasm32-wasip2 --release --locked
+	$(CARGO) test $(PLUGINS_MANIFEST) --workspace --locked
+	$(CARGO) clippy $(PLUGINS_MANIFEST) --workspace --all-targets --locked -- -D warnings
+	$(CARGO) clippy $(PLUGINS_MANIFEST) --workspace --target wasm32-wasip2 --locked -- -D warnings

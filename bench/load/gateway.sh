@@ -3,20 +3,22 @@
 # sent direct to the upstream stub, through nginx as a plain reverse proxy, through our
 # proxy stack without governance (bench/src/bin/passthrough.rs) and through the gateway
 # fully governed (a fresh pre-minted ES256 mandate per request, jti, revocation, policy,
-# api_key injection, audit). Maximum throughput (closed loop), latency at a fixed rate of
-# about half the governed maximum (open loop), and resident memory with 10,000 idle
-# keep-alive connections.
+# api_key injection, audit), and (issue 6) governed with one WebAssembly authorizer bound.
+# Maximum throughput (closed loop), latency at a fixed rate of about half the governed
+# maximum (open loop), and resident memory with 10,000 idle keep-alive connections.
 #
 #   bench/load/gateway.sh            # build, set up, measure, write bench/results/gateway-<date>.md
 #
 # Settings (environment): DURATION (s per run, 10), RUNS (5), WARMUP (s per target, 10),
 # CONNECTIONS (closed loop, 64), OPEN_CONNECTIONS (open loop, 64), RATE (fixed rate; default
 # 50 % of the governed warm-up throughput, rounded down to 100/s), RATE_LIMIT_SERIES (1: also
-# a governed series on the resource with a rate limit), FRESH_RECORDS (0; N > 0 provisions N
-# authority records and adds a governed series whose mandates each name their own record),
-# RSS_CONNECTIONS (10000), RSS_HOLD (s, 10), PORT_BASE (18490: upstream +1, nginx +2,
-# passthrough +3, gateway +4), REDIS_DB (15; must be empty, flushed at the end), POOL_MAX
-# (gateway pool, 4), PROXY_CPU (1), LOAD_CPU (0), REPIN (1: move Postgres and Redis to
+# a governed series on the resource with a rate limit), PLUGIN_SERIES (1: also a governed
+# series, at maximum throughput and at the fixed rate, on resource://echo-plugin, which has
+# one authorizer plugin bound, tests-fixtures' fixture-allow), FRESH_RECORDS (0; N > 0
+# provisions N authority records and adds a governed series whose mandates each name their
+# own record), RSS_CONNECTIONS (10000), RSS_HOLD (s, 10), PORT_BASE (18490: upstream +1,
+# nginx +2, passthrough +3, gateway +4), REDIS_DB (15; must be empty, flushed at the end),
+# POOL_MAX (gateway pool, 4), PROXY_CPU (1), LOAD_CPU (0), REPIN (1: move Postgres and Redis to
 # LOAD_CPU for the pinned phase), WHOLE_MACHINE (1: also maximum throughput with nothing
 # pinned), WHOLE_LOAD_THREADS (0: current-thread load generator in that phase too),
 # SKIP_BUILD (0), FOREIGN_MAX (0.1, see gateway_report), PERF (0; 1 records a flat `perf`
@@ -37,6 +39,7 @@ CONNECTIONS=${CONNECTIONS:-64}
 OPEN_CONNECTIONS=${OPEN_CONNECTIONS:-64}
 RATE=${RATE:-}
 RATE_LIMIT_SERIES=${RATE_LIMIT_SERIES:-1}
+PLUGIN_SERIES=${PLUGIN_SERIES:-1}
 FRESH_RECORDS=${FRESH_RECORDS:-0}
 RSS_CONNECTIONS=${RSS_CONNECTIONS:-10000}
 RSS_HOLD=${RSS_HOLD:-10}
@@ -343,7 +346,7 @@ target_args() {
   OPTS=""
   case $target in
     direct | nginx | passthrough) OPTS="--reuse-token" ;;
-    governed | governed+rl | governed+fresh)
+    governed | governed+rl | governed+plugin | governed+fresh)
       if [[ $mode == closed ]]; then
         n=$(awk -v r="$GOV_MAX" -v d="$seconds" 'BEGIN { printf "%d", r * d * 1.5 + 1000 }')
       else
@@ -351,6 +354,7 @@ target_args() {
       fi
       OPTS="--mandates $n"
       [[ $target == governed+rl ]] && OPTS+=" --resource resource://echo-rl"
+      [[ $target == governed+plugin ]] && OPTS+=" --resource resource://echo-plugin"
       if [[ $target == governed+fresh ]]; then
         ((FRESH_NEXT + n <= FRESH_RECORDS)) || return 1
         OPTS+=" --fresh-records $FRESH_NEXT"
@@ -407,6 +411,11 @@ load() {
 
 TARGETS_MAX=(direct nginx passthrough governed)
 TARGETS_OPEN=(direct nginx passthrough governed)
+# Right after governed, so the per-round plugin/governed pair runs back to back.
+if [[ $PLUGIN_SERIES == 1 ]]; then
+  TARGETS_MAX+=(governed+plugin)
+  TARGETS_OPEN+=(governed+plugin)
+fi
 [[ $RATE_LIMIT_SERIES == 1 ]] && TARGETS_MAX+=(governed+rl)
 if ((FRESH_RECORDS > 0)); then
   TARGETS_MAX+=(governed+fresh)
@@ -497,6 +506,14 @@ if [[ $(jq -r '.errors' <<<"$LAST_LINE") != 0 || $(jq -r '.ok' <<<"$LAST_LINE") 
   log "the governed check failed: $(jq -r '.sample_error' <<<"$LAST_LINE")"
   exit 1
 fi
+if [[ $PLUGIN_SERIES == 1 ]]; then
+  load "warmup check plugin" "$LOAD_PREFIX_PINNED" governed+plugin check 0 --rate 20 --duration 1 --connections 2 \
+    --resource resource://echo-plugin
+  if [[ $(jq -r '.errors' <<<"$LAST_LINE") != 0 || $(jq -r '.ok' <<<"$LAST_LINE") == 0 ]]; then
+    log "the governed+plugin check failed: $(jq -r '.sample_error' <<<"$LAST_LINE")"
+    exit 1
+  fi
+fi
 series pinned "$LOAD_PREFIX_PINNED" open 0
 idle_test "$LOAD_PREFIX_PINNED"
 METRICS_PINNED=$(curl -sf "http://127.0.0.1:$GW_PORT/metrics.json" | jq -c '.' 2>/dev/null || echo '{}')
@@ -542,7 +559,7 @@ mkdir -p "$(dirname "$OUT")"
   echo "- Load after the pinned phase: \`$UPTIME_PINNED\`"
   echo "- Load at the end: \`$UPTIME_END\`"
   echo "- $(nginx -v 2>&1 | sed 's/^nginx version: //') (Debian \`nginx-light\`) as the upstream stub (one worker, a fixed 17-byte body) and as the baseline proxy (upstream keep-alive pool of 256, \`access_log off\`); Postgres $(psql "$ADMIN_URL" -Atc 'show server_version'); Redis $(redis-cli -h "$REDIS_HOST" -p "$REDIS_PORT" INFO server | tr -d '\r' | awk -F: '$1=="redis_version"{print $2}') (db $REDIS_DB)."
-  echo "- Gateway: \`RUST_LOG=warn\`, \`CARACAL_DB_POOL_MAX=$POOL_MAX\`, every other setting at its default (\`CARACAL_GATEWAY_MAX_CONNECTIONS\` 10,000, \`READ_HEADER_TIMEOUT\` 5 s, \`IDLE_TIMEOUT\` 120 s, audit async). Governed requests: \`GET /items\` on \`resource://echo\` (operation enforced, scope \`read\`), provider \`api_key\` (header \`X-Api-Key\`, allowed towards 127.0.0.1), delegated agent session and edge, one ES256 mandate signed per request before the run. Unless the series says \`fresh\`, every mandate names the same authority record (served from the gateway's record cache after the first request); the \`+rl\` series adds a per-application rate limit that never denies (one more Redis round trip)."
+  echo "- Gateway: \`RUST_LOG=warn\`, \`CARACAL_DB_POOL_MAX=$POOL_MAX\`, every other setting at its default (\`CARACAL_GATEWAY_MAX_CONNECTIONS\` 10,000, \`READ_HEADER_TIMEOUT\` 5 s, \`IDLE_TIMEOUT\` 120 s, audit async). Governed requests: \`GET /items\` on \`resource://echo\` (operation enforced, scope \`read\`), provider \`api_key\` (header \`X-Api-Key\`, allowed towards 127.0.0.1), delegated agent session and edge, one ES256 mandate signed per request before the run. Unless the series says \`fresh\`, every mandate names the same authority record (served from the gateway's record cache after the first request); the \`+rl\` series adds a per-application rate limit that never denies (one more Redis round trip); the \`+plugin\` series runs on \`resource://echo-plugin\`, which has one WebAssembly authorizer bound (\`fixture-allow\` of \`tests-fixtures\`, allows every request; deadline 5 ms, memory 16 MiB, gateway plugin host at its defaults)."
   echo "- Pinned phase: the proxies (\`nginx\` with one worker, \`passthrough\` and \`caracal gateway\` with \`TOKIO_WORKER_THREADS=1\`) under \`taskset -c $PROXY_CPU\`; upstream stub, load generator (current-thread runtime), Postgres and Redis on CPU $LOAD_CPU."
   echo "- Whole machine: nothing pinned, nginx \`worker_processes auto\`, tokio's default workers, load generator threads: $WHOLE_LOAD_THREADS (0 = current-thread)."
   while IFS= read -r line; do echo "- $line"; done <"$NOTES"
@@ -581,7 +598,7 @@ mkdir -p "$(dirname "$OUT")"
   echo "## Commands"
   echo
   echo '```'
-  echo "bench/load/gateway.sh   # DURATION=$DURATION RUNS=$RUNS WARMUP=$WARMUP CONNECTIONS=$CONNECTIONS OPEN_CONNECTIONS=$OPEN_CONNECTIONS RATE=$RATE RSS_CONNECTIONS=$RSS_CONNECTIONS RSS_HOLD=$RSS_HOLD FRESH_RECORDS=$FRESH_RECORDS"
+  echo "bench/load/gateway.sh   # DURATION=$DURATION RUNS=$RUNS WARMUP=$WARMUP CONNECTIONS=$CONNECTIONS OPEN_CONNECTIONS=$OPEN_CONNECTIONS RATE=$RATE RSS_CONNECTIONS=$RSS_CONNECTIONS RSS_HOLD=$RSS_HOLD RATE_LIMIT_SERIES=$RATE_LIMIT_SERIES PLUGIN_SERIES=$PLUGIN_SERIES FRESH_RECORDS=$FRESH_RECORDS"
   echo "# which ran, per series (pids and temporary paths as in this run):"
   sed "s|$ROOT/||g" "$COMMANDS"
   echo '```'

@@ -7,6 +7,11 @@
 //! (the targets of one round ran back to back) and then summarised, so a slow period of the
 //! machine affects both sides of a pair.
 //!
+//! The targets' table covers issue 5 (governed against direct and nginx) and, when the run
+//! has the `governed+plugin` series, issue 6: its maximum throughput against `governed`'s
+//! of the same round (≥ 0.80) and, for information, the p50 latency the plugin adds at the
+//! fixed rate.
+//!
 //! Runs during which the rest of the machine used more than `FOREIGN_MAX` CPUs (default
 //! 0.1; `foreign_util + steal_util`) are left out of the medians and of the pairs, as long as
 //! at least three clean runs (or pairs) remain; otherwise all are used and the table says so.
@@ -17,14 +22,18 @@ use anyhow::Context as _;
 use serde_json::Value;
 
 /// The targets in ablation order.
-const ORDER: [&str; 6] = [
+const ORDER: [&str; 7] = [
     "direct",
     "nginx",
     "passthrough",
     "governed",
+    "governed+plugin",
     "governed+rl",
     "governed+fresh",
 ];
+
+/// Issue 6: governed throughput with one plugin, as a share of governed throughput without.
+const PLUGIN_THROUGHPUT_SHARE: f64 = 0.80;
 
 fn main() -> anyhow::Result<()> {
     let path = std::env::args()
@@ -246,6 +255,21 @@ impl Report {
         }
     }
 
+    /// `governed+plugin` req/s ÷ `governed` req/s of the same round (pinned phase).
+    fn plugin_throughput_ratio(&self) -> (Vec<f64>, bool) {
+        self.paired("pinned", "closed", "governed+plugin", "governed", |p, g| {
+            Some(get(p, &["throughput"])? / get(g, &["throughput"])?)
+        })
+    }
+
+    /// `governed+plugin` p50 − `governed` p50 at the fixed rate of the same round (pinned
+    /// phase), µs.
+    fn plugin_added_p50(&self) -> (Vec<f64>, bool) {
+        self.paired("pinned", "open", "governed+plugin", "governed", |p, g| {
+            Some(get(p, &["latency_us", "p50"])? - get(g, &["latency_us", "p50"])?)
+        })
+    }
+
     fn headline(&self, rss_connections: u64) {
         println!("### Against the targets (pinned phase: proxy on one core)");
         println!();
@@ -264,11 +288,7 @@ impl Report {
             println!(
                 "| governed added latency {quantile} at {rate_text} (governed − direct, same round) | {} µs{} | ≤ {limit:.0} µs | {met} |",
                 summary(added, 0),
-                if fallback {
-                    " (loaded rounds included)"
-                } else {
-                    ""
-                },
+                loaded(fallback),
             );
         }
         let (ratio, fallback) = self.paired("pinned", "closed", "governed", "nginx", |g, n| {
@@ -278,12 +298,26 @@ impl Report {
         println!(
             "| governed / nginx maximum throughput, same core | {}{} | ≥ 0.50 | {met} |",
             summary(ratio, 2),
-            if fallback {
-                " (loaded rounds included)"
-            } else {
-                ""
-            },
+            loaded(fallback),
         );
+        if self.find("pinned", "closed", "governed+plugin").is_some() {
+            let (ratio, fallback) = self.plugin_throughput_ratio();
+            let met = median(&sorted(ratio.clone()))
+                .map_or("–", |m| verdict(m >= PLUGIN_THROUGHPUT_SHARE));
+            println!(
+                "| governed+plugin / governed maximum throughput, same core | {}{} | ≥ {PLUGIN_THROUGHPUT_SHARE:.2} | {met} |",
+                summary(ratio, 2),
+                loaded(fallback),
+            );
+        }
+        if self.find("pinned", "open", "governed+plugin").is_some() {
+            let (added, fallback) = self.plugin_added_p50();
+            println!(
+                "| added latency of the plugin p50 at {rate_text} (governed+plugin − governed, same round) | {} µs{} | — (information) | — |",
+                summary(added, 0),
+                loaded(fallback),
+            );
+        }
         if let (Some(rate), Some(max)) = (
             rate,
             self.find("pinned", "closed", "governed")
@@ -580,6 +614,15 @@ fn verdict(ok: bool) -> &'static str {
     if ok { "yes" } else { "no" }
 }
 
+/// The note of a figure that had to use loaded rounds.
+fn loaded(fallback: bool) -> &'static str {
+    if fallback {
+        " (loaded rounds included)"
+    } else {
+        ""
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;
@@ -613,6 +656,50 @@ mod tests {
         });
         assert!(!fallback);
         assert_eq!(sorted(ratios), vec![0.2, 0.3, 0.5]);
+    }
+
+    fn open_run(target: &str, round: u64, p50: f64) -> Value {
+        json!({
+            "label": format!("{target} @1000/s, pinned"), "target": target, "phase": "pinned",
+            "mode": "open", "round": round, "latency_us": {"p50": p50, "p99": p50 * 3.0},
+            "foreign_util": 0.0, "steal_util": 0.0,
+        })
+    }
+
+    #[test]
+    fn the_plugin_ratio_pairs_governed_plus_plugin_with_governed_of_the_same_round() {
+        let runs = vec![
+            run("governed", 1, 1000.0, 0.0),
+            run("governed+plugin", 1, 900.0, 0.0),
+            run("governed", 2, 2000.0, 0.0),
+            run("governed+plugin", 2, 1500.0, 0.0),
+            run("governed+rl", 2, 100.0, 0.0),
+            run("governed", 3, 1000.0, 0.0),
+            run("governed+plugin", 3, 800.0, 0.0),
+            run("governed+plugin", 4, 5000.0, 0.0),
+        ];
+        let report = Report::new(runs, 0.1);
+        let (ratios, fallback) = report.plugin_throughput_ratio();
+        assert!(!fallback);
+        assert_eq!(sorted(ratios.clone()), vec![0.75, 0.8, 0.9]);
+        let m = median(&sorted(ratios)).unwrap();
+        assert!(m >= PLUGIN_THROUGHPUT_SHARE);
+    }
+
+    #[test]
+    fn the_plugin_added_latency_is_the_p50_difference_of_the_same_round() {
+        let runs = vec![
+            open_run("direct", 1, 100.0),
+            open_run("governed", 1, 700.0),
+            open_run("governed+plugin", 1, 730.0),
+            open_run("governed", 2, 650.0),
+            open_run("governed+plugin", 2, 690.0),
+            run("governed+plugin", 1, 500.0, 0.0),
+        ];
+        let report = Report::new(runs, 0.1);
+        let (added, fallback) = report.plugin_added_p50();
+        assert!(!fallback);
+        assert_eq!(sorted(added), vec![30.0, 40.0]);
     }
 
     #[test]

@@ -21,7 +21,13 @@
 //!
 //! - `resource://echo` → `<upstream>/gw`, no rate limit (the governed series);
 //! - `resource://echo-rl` → the same upstream, with a per-application rate limit far above
-//!   any reachable rate, so its Redis round trip is paid but never denies.
+//!   any reachable rate, so its Redis round trip is paid but never denies;
+//! - `resource://echo-plugin` → the same upstream, with one WebAssembly authorizer bound
+//!   (issue 6): the component `fixture-allow` of `tests-fixtures`, which allows every
+//!   request, registered as plugin `allow` and bound at position 0 with the configuration
+//!   `{}`, a 5 ms deadline and the column's default memory limit (16 MiB). The component is
+//!   compiled against the `authorizer` world here first, so a component the gateway would
+//!   refuse stops the setup rather than failing every request of the series.
 //!
 //! The zone signing key is generated here, sealed under `ZONE_KEK` and inserted as the
 //! zone's active key; its PKCS#8 form goes into the scenario file (mode 0600, in the
@@ -38,11 +44,16 @@ use chrono::{Duration as ChronoDuration, Utc};
 use clap::Parser;
 use control_crypto::{KekRing, SealContext, ZoneSigningKey};
 use control_store::{
-    admin::resources::{self, ResourceOperation, ResourceRateLimit, ResourceState},
+    admin::{
+        plugin_bindings::{self, NewBinding},
+        plugins::{self, NewPlugin},
+        resources::{self, ResourceOperation, ResourceRateLimit, ResourceState},
+    },
     authority_records::{self, NewAuthorityRecord},
     migrate::{MigrateOptions, MigrationSet},
     signing_keys::{self, NewSigningKey},
 };
+use gateway_plugin_host::{HostConfig, PluginHost, WIT_PACKAGE, World};
 use serde_json::json;
 use sqlx::{ConnectOptions, Connection, PgConnection, postgres::PgConnectOptions};
 use tests_harness::provision::Provision;
@@ -67,6 +78,20 @@ const EDGE: &str = "bench-edge";
 const RESOURCE: &str = "resource://echo";
 /// The governed resource with a rate limit.
 const RESOURCE_LIMITED: &str = "resource://echo-rl";
+/// The governed resource with one WebAssembly authorizer bound.
+const RESOURCE_PLUGIN: &str = "resource://echo-plugin";
+/// The row id of [`RESOURCE_PLUGIN`].
+const RESOURCE_PLUGIN_ID: &str = "echo-plugin";
+/// The authorizer plugin's id.
+const PLUGIN_ID: &str = "plg-bench-allow";
+/// The authorizer plugin's name.
+const PLUGIN_NAME: &str = "allow";
+/// The binding of the authorizer to [`RESOURCE_PLUGIN`].
+const BINDING_ID: &str = "bnd-bench-allow";
+/// The binding's deadline per call (the column's default).
+const PLUGIN_DEADLINE_MS: i32 = 5;
+/// The binding's memory limit per call (the column's default, 16 MiB).
+const PLUGIN_MEMORY_LIMIT_BYTES: i64 = 16 * 1024 * 1024;
 /// The credential provider.
 const PROVIDER: &str = "p-api-key";
 /// Who the provisioning rows name as their author.
@@ -81,7 +106,8 @@ import rego.v1
 app_ids := {"agent": "agent-app"}
 grants := {
   "resource://echo": {"application": "agent", "roles": {"reader": ["read", "write"]}},
-  "resource://echo-rl": {"application": "agent", "roles": {"reader": ["read", "write"]}}
+  "resource://echo-rl": {"application": "agent", "roles": {"reader": ["read", "write"]}},
+  "resource://echo-plugin": {"application": "agent", "roles": {"reader": ["read", "write"]}}
 }
 "#;
 
@@ -231,7 +257,11 @@ async fn provision(
         scope: "read".to_owned(),
     }];
     let upstream = format!("{}/gw", setting.upstream);
-    for (id, identifier) in [("echo", RESOURCE), ("echo-rl", RESOURCE_LIMITED)] {
+    for (id, identifier) in [
+        ("echo", RESOURCE),
+        ("echo-rl", RESOURCE_LIMITED),
+        (RESOURCE_PLUGIN_ID, RESOURCE_PLUGIN),
+    ] {
         let state = ResourceState {
             name: id,
             identifier,
@@ -258,6 +288,7 @@ async fn provision(
     )
     .await
     .context("rate limit")?;
+    bind_authorizer(&mut p).await.context("plugin")?;
     let now = Utc::now();
     let expires_at = now + ChronoDuration::seconds(LIFETIME_SECONDS);
     let mut tx = p.conn().begin().await?;
@@ -323,6 +354,59 @@ async fn provision(
     Ok((kid, key))
 }
 
+/// Registers `fixture-allow` as the zone's authorizer plugin and binds it to
+/// [`RESOURCE_PLUGIN`], through the store's admin statements (as the admin API does).
+async fn bind_authorizer(p: &mut Provision) -> anyhow::Result<()> {
+    let component = tests_fixtures::read(tests_fixtures::FIXTURE_ALLOW)?;
+    // Compiling checks the component against its world and yields the digest the gateway
+    // keys its compiled plugins by. On-demand allocation: nothing is instantiated here.
+    let host = PluginHost::start(HostConfig {
+        pooling: false,
+        ..HostConfig::default()
+    })?;
+    let compiled = host
+        .compile(World::Authorizer, &component)
+        .context("fixture-allow is not an authorizer component")?;
+    plugins::insert(
+        p.conn(),
+        ZONE,
+        &NewPlugin {
+            id: PLUGIN_ID,
+            name: PLUGIN_NAME,
+            world: World::Authorizer.as_str(),
+            wit_package: WIT_PACKAGE,
+            component_sha256: compiled.digest(),
+            component: &component,
+            description: Some("bench: fixture-allow, allows every request"),
+        },
+        ACTOR,
+    )
+    .await?;
+    plugin_bindings::insert_all(
+        p.conn(),
+        ZONE,
+        RESOURCE_PLUGIN_ID,
+        &[NewBinding {
+            id: BINDING_ID.to_owned(),
+            plugin_id: PLUGIN_ID.to_owned(),
+            hook: "authorizer".to_owned(),
+            position: 0,
+            mode: None,
+            config_json: json!({}),
+            deadline_ms: PLUGIN_DEADLINE_MS,
+            memory_limit_bytes: PLUGIN_MEMORY_LIMIT_BYTES,
+            enabled: true,
+            created_at: None,
+            created_by: None,
+            updated_at: None,
+            updated_by: None,
+        }],
+        ACTOR,
+    )
+    .await?;
+    Ok(())
+}
+
 /// An active `application` authority record of the agent.
 async fn insert_record(
     conn: &mut PgConnection,
@@ -364,6 +448,7 @@ fn write_scenario(setting: &Setting<'_>, kid: &str, key: &ZoneSigningKey) -> any
         "scope": "read",
         "resource": RESOURCE,
         "resource_limited": RESOURCE_LIMITED,
+        "resource_plugin": RESOURCE_PLUGIN,
         "path": "/items",
         "kid": kid,
         "signing_key_pkcs8_hex": hex::encode(der.as_slice()),

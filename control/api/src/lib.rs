@@ -2,12 +2,16 @@
 //!
 //! Requests pass through one frame (`server`): the request id, authentication
 //! (`auth`: the bootstrap token or a minted token, with the per-address failure limit), the
-//! 1 MiB body limit, the capability and zone checks, then the route table. Each area
-//! handler (`areas`) reads its input strictly (`request`), works inside one transaction
-//! scoped to the zone in the path as the `caracal_api` role, records the admin audit row in
-//! that same transaction (`audit`, chained per zone), and returns a reply. Every refusal is
+//! route table with the capability and zone checks, then the body limit (1 MiB, or 32 MiB for
+//! a plugin component upload). Each area handler (`areas`) reads its input strictly
+//! (`request`), works inside one transaction scoped to the zone in the path as the
+//! `caracal_api` role, records the admin audit row in that same transaction (`audit`, chained
+//! per zone), and returns a reply. Every refusal is
 //! a [`error::Problem`] value; every failure is mapped to its answer in one place
 //! ([`error::rescue`]).
+//!
+//! Plugin components are checked against their WIT world with the gateway's own plugin host
+//! (`components`), and a binding's configuration with the plugin's own `configure`.
 //!
 //! It must never return or log a secret: application secrets and admin tokens are shown
 //! once, at creation, and stored as Argon2id hashes (tokens also by SHA-256 for lookup).
@@ -15,6 +19,7 @@
 pub mod areas;
 pub mod audit;
 pub mod auth;
+pub mod components;
 pub mod config;
 pub mod error;
 pub mod metrics;
@@ -45,6 +50,9 @@ pub enum ApiStartError {
     /// Redis settings are invalid.
     #[error("REDIS_URL: {0}")]
     Redis(String),
+    /// The plugin host could not start.
+    #[error(transparent)]
+    PluginHost(#[from] gateway_plugin_host::HostConfigError),
     /// The listen address cannot be bound.
     #[error("cannot listen on {addr}: {cause}")]
     Bind {
@@ -92,6 +100,7 @@ pub async fn start_with_listener(
     listener: tokio::net::TcpListener,
 ) -> Result<ApiHandle, ApiStartError> {
     let pool = connect_service_pool(ServiceRole::Api, &config.instance_id, lookup).await?;
+    let components = components::Components::start()?;
     let redis = redis::Client::open(config.redis_url.as_str())
         .map_err(|e| ApiStartError::Redis(e.to_string()))?;
     let argon2 = control_crypto::Argon2Params::from_lookup(lookup)
@@ -137,6 +146,8 @@ pub async fn start_with_listener(
         metrics: metrics::Metrics::default(),
         redis,
         outbox,
+        components,
+        uploads: tokio::sync::Semaphore::new(state::MAX_UPLOADS),
     });
     let outbox_task = dispatcher.spawn(shutdown_rx.clone());
     let retention_task = tokio::spawn(retention::run(

@@ -11,7 +11,7 @@ use serde_json::{Map, Value, json};
 
 use crate::{
     auth::Need,
-    routes::{Answer, Route},
+    routes::{Answer, RequestBody, Route},
     server,
 };
 
@@ -76,12 +76,19 @@ fn common_refusals(route: &Route) -> Vec<(u16, &'static str)> {
             ]);
         }
     }
-    if route.body.is_some() {
-        refusals.extend([
+    match route.body {
+        RequestBody::None => {}
+        RequestBody::Json(_) => refusals.extend([
             (400, "invalid_body"),
             (413, "payload_too_large"),
             (415, "unsupported_media_type"),
-        ]);
+        ]),
+        RequestBody::Raw(_) => refusals.extend([
+            (408, "request_timeout"),
+            (413, "payload_too_large"),
+            (415, "unsupported_media_type"),
+            (503, "too_many_uploads"),
+        ]),
     }
     if matches!(route.answer, Answer::Page(_)) || !route.query.is_empty() {
         refusals.push((400, "invalid_query"));
@@ -134,6 +141,9 @@ pub fn document() -> Value {
             Answer::NoContent => {
                 responses.insert("204".to_owned(), json!({"description": route.summary}));
             }
+            Answer::Bytes(media_type) => {
+                responses.insert("200".to_owned(), json!({"description": route.summary, "content": {media_type: {"schema": {"type": "string", "format": "binary"}}}}));
+            }
         }
         let mut refusals = common_refusals(route);
         refusals.extend(route.refusals.iter().copied());
@@ -158,11 +168,19 @@ pub fn document() -> Value {
             "parameters": parameters,
             "responses": responses,
         });
-        if let (Some(body), Some(map)) = (route.body, operation.as_object_mut()) {
-            map.insert(
-                "requestBody".to_owned(),
+        let request_body = match route.body {
+            RequestBody::None => None,
+            RequestBody::Json(body) => Some(
                 json!({"required": true, "content": {"application/json": {"schema": Value::from(body(&mut requests))}}}),
-            );
+            ),
+            RequestBody::Raw(raw) => Some(json!({
+                "required": true,
+                "description": raw.description,
+                "content": {raw.media_type: {"schema": {"type": "string", "format": "binary"}}},
+            })),
+        };
+        if let (Some(body), Some(map)) = (request_body, operation.as_object_mut()) {
+            map.insert("requestBody".to_owned(), body);
         }
         let item = paths
             .entry(format!("/v1{}", route.path))

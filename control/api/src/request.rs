@@ -30,6 +30,8 @@ pub struct AdminRequest {
     pub body: Bytes,
     /// Whether the body was declared JSON.
     pub json_content: bool,
+    /// The declared `Content-Type` without parameters, lowercased.
+    pub media_type: Option<String>,
     /// Request id.
     pub request_id: String,
     /// Caller.
@@ -59,6 +61,19 @@ impl AdminRequest {
             ));
         }
         serde_json::from_value(value).map_err(|e| describe(&e))
+    }
+
+    /// The raw body, which must be declared `media_type`: 415 `unsupported_media_type`
+    /// otherwise.
+    pub fn raw(&self, media_type: &str) -> Result<&Bytes, Problem> {
+        if self.media_type.as_deref() != Some(media_type) {
+            return Err(Problem::new(
+                415,
+                "unsupported_media_type",
+                format!("request body must be {media_type}"),
+            ));
+        }
+        Ok(&self.body)
     }
 
     /// The single value of query parameter `name`.

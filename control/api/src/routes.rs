@@ -19,6 +19,42 @@ pub fn schema_of<T: JsonSchema>(generator: &mut SchemaGenerator) -> Schema {
     generator.subschema_for::<T>()
 }
 
+/// What a request carries.
+#[derive(Clone, Copy)]
+pub enum RequestBody {
+    /// Nothing: a body sent anyway is read within [`crate::server::MAX_BODY`] and ignored.
+    None,
+    /// A JSON object of this schema, at most [`crate::server::MAX_BODY`] (always optional on
+    /// the wire for operations whose every field is optional).
+    Json(SchemaFn),
+    /// The raw bytes of one media type, read with their own bound.
+    Raw(RawBody),
+}
+
+/// A request body taken as raw bytes rather than JSON (a plugin component).
+#[derive(Debug, Clone, Copy)]
+pub struct RawBody {
+    /// The one media type accepted (`Content-Type`, parameters ignored); 415 otherwise.
+    pub media_type: &'static str,
+    /// The largest body read; 413 beyond it.
+    pub max_bytes: usize,
+    /// How long the whole body may take to arrive; 408 after it (a slow sender must not
+    /// hold an upload slot for ever).
+    pub read_deadline: std::time::Duration,
+    /// What the bytes are, for the OpenAPI document.
+    pub description: &'static str,
+}
+
+impl RequestBody {
+    /// The most bytes the frame reads for this operation.
+    pub fn limit(&self) -> usize {
+        match self {
+            RequestBody::None | RequestBody::Json(_) => crate::server::MAX_BODY,
+            RequestBody::Raw(raw) => raw.max_bytes,
+        }
+    }
+}
+
 /// What a successful answer looks like.
 #[derive(Clone, Copy)]
 pub enum Answer {
@@ -32,6 +68,8 @@ pub enum Answer {
     Accepted(SchemaFn),
     /// 204, no body.
     NoContent,
+    /// 200 with raw bytes of this media type.
+    Bytes(&'static str),
 }
 
 /// Which zone the capability check compares a zone token against.
@@ -69,9 +107,8 @@ pub struct Route {
     pub need: Need,
     /// Zone scope.
     pub scope: Scope,
-    /// The JSON body, when the operation takes one (always optional on the wire for
-    /// operations whose every field is optional).
-    pub body: Option<SchemaFn>,
+    /// The request body the operation takes, and so how much the frame reads.
+    pub body: RequestBody,
     /// The success answer.
     pub answer: Answer,
     /// Query parameters (besides `cursor`/`limit` of pages).

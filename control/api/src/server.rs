@@ -9,14 +9,14 @@ use serde_json::json;
 
 use crate::{
     areas::{
-        Reply, admin_tokens, applications, approvals, grants, plugin_bindings, policies,
+        Reply, admin_tokens, applications, approvals, grants, plugin_bindings, plugins, policies,
         policy_sets, providers, resources, subject_issuers, subjects, views, zones_area,
     },
     auth,
     error::{ApiError, Problem, rescue},
     metrics::Metrics,
     request::AdminRequest,
-    routes::{Route, Scope, no_route, wrong_method},
+    routes::{RequestBody, Route, Scope, no_route, wrong_method},
     state::Api,
 };
 use control_http::{Body, respond};
@@ -63,7 +63,10 @@ async fn route(
     }
 }
 
-/// The `/v1` frame.
+/// The `/v1` frame: authentication, the route and its capability and zone checks, then the
+/// body, read within the route's bound (1 MiB, or the route's own for a raw upload), and the
+/// operation. The checks come before the body so that a refused caller never makes the API
+/// buffer an upload.
 async fn admin(
     api: &Api,
     req: Request<Incoming>,
@@ -76,46 +79,15 @@ async fn admin(
     let principal = auth::authenticate(api, req.headers(), peer).await?;
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
-    let query: Vec<(String, String)> = req
-        .uri()
-        .query()
-        .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
-        .unwrap_or_default();
-    let json_content = req
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"));
-    let body = match control_http::read_body(req, MAX_BODY).await {
-        Ok(body) => body,
-        Err(control_http::BodyError::TooLarge) => {
-            return Err(
-                Problem::new(413, "payload_too_large", "request body exceeds 1 MiB").into(),
-            );
-        }
-        Err(control_http::BodyError::Broken) => {
-            return Err(Problem::new(400, "invalid_body", "request body could not be read").into());
-        }
-    };
     // Ids are plain ASCII; segments are matched as sent (an escaped id matches nothing).
     let segments: Vec<String> = path
         .trim_start_matches("/v1/")
         .split('/')
         .map(str::to_owned)
         .collect();
-    let request = AdminRequest {
-        method,
-        path,
-        query,
-        body,
-        json_content,
-        request_id: request_id.to_owned(),
-        principal,
-    };
     let segs: Vec<&str> = segments.iter().map(String::as_str).collect();
     if segs == ["openapi.json"] {
-        if request.method != Method::GET {
+        if method != Method::GET {
             return Err(wrong_method().into());
         }
         return Ok(respond::bytes(
@@ -124,9 +96,90 @@ async fn admin(
             bytes::Bytes::from(OPENAPI.get_or_init(crate::openapi::document_text).clone()),
         ));
     }
-    match dispatch(api, &request, &segs).await? {
+    let (area, route, params) = find(&segs, &method)?;
+    let zone = match route.scope {
+        Scope::Zone => params.first().copied(),
+        Scope::Global => None,
+        Scope::Any => principal.zone.as_deref(),
+    };
+    auth::authorize(&principal, route.need, zone)?;
+
+    let query: Vec<(String, String)> = req
+        .uri()
+        .query()
+        .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
+        .unwrap_or_default();
+    let media_type = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(|m| m.trim().to_ascii_lowercase());
+    let json_content = media_type.as_deref() == Some("application/json");
+    // A raw upload holds one of a few slots while it is read and handled, so the bodies the
+    // API buffers stay bounded (shed with 503 when every slot is taken).
+    let _upload_slot = match route.body {
+        RequestBody::Raw(_) => Some(api.uploads.try_acquire().map_err(|_closed_or_full| {
+            Problem::new(
+                503,
+                "too_many_uploads",
+                "too many uploads in progress; retry shortly",
+            )
+        })?),
+        RequestBody::None | RequestBody::Json(_) => None,
+    };
+    let limit = route.body.limit();
+    let read = control_http::read_body(req, limit);
+    let outcome = match route.body {
+        RequestBody::Raw(raw) => tokio::time::timeout(raw.read_deadline, read)
+            .await
+            .map_err(|_elapsed| {
+                Problem::new(
+                    408,
+                    "request_timeout",
+                    "the request body did not arrive in time",
+                )
+            })?,
+        RequestBody::None | RequestBody::Json(_) => read.await,
+    };
+    let body = match outcome {
+        Ok(body) => body,
+        Err(control_http::BodyError::TooLarge) => {
+            return Err(Problem::new(
+                413,
+                "payload_too_large",
+                format!("request body exceeds {}", size_label(limit)),
+            )
+            .into());
+        }
+        Err(control_http::BodyError::Broken) => {
+            return Err(Problem::new(400, "invalid_body", "request body could not be read").into());
+        }
+    };
+    let request = AdminRequest {
+        method,
+        path,
+        query,
+        body,
+        json_content,
+        media_type,
+        request_id: request_id.to_owned(),
+        principal,
+    };
+    match call(area, api, &request, route.op, &params).await? {
         Reply::Json(status, value) => Ok(respond::json(status, &value)),
+        Reply::Bytes(media_type, bytes) => Ok(respond::bytes(200, media_type, bytes)),
         Reply::NoContent => Ok(respond::empty(204)),
+    }
+}
+
+/// `1 MiB`, `32 MiB`: a body limit as the 413 message states it.
+fn size_label(bytes: usize) -> String {
+    const MIB: usize = 1024 * 1024;
+    if bytes.is_multiple_of(MIB) {
+        format!("{} MiB", bytes / MIB)
+    } else {
+        format!("{bytes} bytes")
     }
 }
 
@@ -138,6 +191,7 @@ enum Area {
     Providers,
     Resources,
     PluginBindings,
+    Plugins,
     Policies,
     PolicySets,
     Grants,
@@ -148,12 +202,13 @@ enum Area {
     AdminTokens,
 }
 
-const AREAS: [(Area, &[Route]); 13] = [
+const AREAS: [(Area, &[Route]); 14] = [
     (Area::Zones, zones_area::ROUTES),
     (Area::Applications, applications::ROUTES),
     (Area::Providers, providers::ROUTES),
     (Area::Resources, resources::ROUTES),
     (Area::PluginBindings, plugin_bindings::ROUTES),
+    (Area::Plugins, plugins::ROUTES),
     (Area::Policies, policies::ROUTES),
     (Area::PolicySets, policy_sets::ROUTES),
     (Area::Grants, grants::ROUTES),
@@ -182,6 +237,7 @@ async fn call(
         Area::Providers => providers::handle(api, req, op, p).await,
         Area::Resources => resources::handle(api, req, op, p).await,
         Area::PluginBindings => plugin_bindings::handle(api, req, op, p).await,
+        Area::Plugins => plugins::handle(api, req, op, p).await,
         Area::Policies => policies::handle(api, req, op, p).await,
         Area::PolicySets => policy_sets::handle(api, req, op, p).await,
         Area::Grants => grants::handle(api, req, op, p).await,
@@ -193,31 +249,29 @@ async fn call(
     }
 }
 
-/// Finds the route, checks capability and zone, runs the operation.
-async fn dispatch(api: &Api, req: &AdminRequest, segs: &[&str]) -> Result<Reply, ApiError> {
+/// The route of `method` on `segs` with its area and path parameters: 404 when no route has
+/// the path, 405 when only other methods do.
+fn find<'a>(
+    segs: &[&'a str],
+    method: &Method,
+) -> Result<(Area, &'static Route, Vec<&'a str>), Problem> {
     let mut path_known = false;
     for (area, routes) in AREAS {
         for route in routes {
             let Some(params) = route.matches(segs) else {
                 continue;
             };
-            if route.method != req.method {
+            if route.method != *method {
                 path_known = true;
                 continue;
             }
-            let zone = match route.scope {
-                Scope::Zone => params.first().copied(),
-                Scope::Global => None,
-                Scope::Any => req.principal.zone.as_deref(),
-            };
-            auth::authorize(&req.principal, route.need, zone)?;
-            return call(area, api, req, route.op, &params).await;
+            return Ok((area, route, params));
         }
     }
     if path_known {
-        Err(wrong_method().into())
+        Err(wrong_method())
     } else {
-        Err(no_route().into())
+        Err(no_route())
     }
 }
 
@@ -226,5 +280,31 @@ pub fn ready_body(ok: bool, reason: Option<&str>) -> serde_json::Value {
     match reason {
         None => json!({"ok": ok, "ready": ok}),
         Some(reason) => json!({"ok": ok, "ready": ok, "reason": reason}),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn body_limits_are_stated_in_mib_when_whole() {
+        assert_eq!(size_label(MAX_BODY), "1 MiB");
+        assert_eq!(size_label(32 * 1024 * 1024), "32 MiB");
+        assert_eq!(size_label(1000), "1000 bytes");
+    }
+
+    #[test]
+    fn only_the_component_upload_takes_a_raw_body_and_a_larger_limit() {
+        let raw: Vec<(&str, usize)> = routes()
+            .filter(|r| matches!(r.body, RequestBody::Raw(_)))
+            .map(|r| (r.op, r.body.limit()))
+            .collect();
+        assert_eq!(raw, vec![("plugins.create", 32 * 1024 * 1024)]);
+        assert!(
+            routes()
+                .filter(|r| !matches!(r.body, RequestBody::Raw(_)))
+                .all(|r| r.body.limit() == MAX_BODY)
+        );
     }
 }

@@ -5,7 +5,9 @@ use std::{net::IpAddr, sync::Arc, sync::atomic::AtomicU32};
 use control_crypto::Argon2Params;
 use sqlx::PgPool;
 
-use crate::{config::ApiConfig, metrics::Metrics};
+use tokio::sync::Semaphore;
+
+use crate::{components::Components, config::ApiConfig, metrics::Metrics};
 
 /// Shared state of the admin API.
 pub struct Api {
@@ -25,4 +27,11 @@ pub struct Api {
     pub redis: redis::Client,
     /// The outbox dispatcher of producer `api`: wake it after a commit that enqueued rows.
     pub outbox: control_events::outbox::OutboxHandle,
+    /// The plugin host: component checks at upload, `configure` at binding time.
+    pub components: Components,
+    /// Slots of raw uploads read and handled at once ([`MAX_UPLOADS`]).
+    pub uploads: Semaphore,
 }
+
+/// Raw uploads (plugin components, up to 32 MiB each) the API reads and handles at once.
+pub const MAX_UPLOADS: usize = 4;

@@ -135,12 +135,28 @@ pub struct GatewayPluginBindingRow {
     pub zone_id: String,
     /// The resource.
     pub resource_id: String,
+    /// `gateway_plugins.id`.
+    pub plugin_id: String,
     /// `gateway_plugins.name`.
     pub plugin_name: String,
+    /// `gateway_plugins.world`.
+    pub plugin_world: String,
+    /// `gateway_plugins.archived_at IS NOT NULL`.
+    pub plugin_archived: bool,
+    /// SHA-256 of the component (32 bytes).
+    pub component_sha256: Vec<u8>,
     /// `authorizer` or `injector`.
     pub hook: String,
     /// Position within the hook.
     pub position: i16,
+    /// `replace` or `augment` (injectors only).
+    pub mode: Option<String>,
+    /// The per-binding configuration as JSON text.
+    pub config_text: String,
+    /// Per-call deadline.
+    pub deadline_ms: i32,
+    /// Per-instance memory limit.
+    pub memory_limit_bytes: i64,
 }
 
 /// Enabled plugin bindings of live resources, by zone and resource, then hook and position.
@@ -149,7 +165,10 @@ pub async fn plugin_bindings(
     conn: &mut PgConnection,
 ) -> Result<Vec<GatewayPluginBindingRow>, sqlx::Error> {
     sqlx::query_as::<_, GatewayPluginBindingRow>(
-        "SELECT b.zone_id, b.resource_id, p.name AS plugin_name, b.hook, b.position \
+        "SELECT b.zone_id, b.resource_id, p.id AS plugin_id, p.name AS plugin_name, \
+                p.world AS plugin_world, p.archived_at IS NOT NULL AS plugin_archived, \
+                p.component_sha256, b.hook, b.position, b.mode, \
+                b.config_json::text AS config_text, b.deadline_ms, b.memory_limit_bytes \
            FROM resource_plugin_bindings b \
            JOIN gateway_plugins p ON p.zone_id = b.zone_id AND p.id = b.plugin_id \
            JOIN resources r ON r.zone_id = b.zone_id AND r.id = b.resource_id \
@@ -157,6 +176,33 @@ pub async fn plugin_bindings(
             AND b.zone_id IN (SELECT id FROM zones WHERE archived_at IS NULL) \
           ORDER BY b.zone_id, b.resource_id, b.hook, b.position",
     )
+    .fetch_all(conn)
+    .await
+}
+
+/// A component's bytes, by digest.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct GatewayComponentRow {
+    /// SHA-256 of the component.
+    pub component_sha256: Vec<u8>,
+    /// The component.
+    pub component: Vec<u8>,
+}
+
+/// The components with these digests (one row per digest, whichever zone holds it: the bytes
+/// are the same). Only the digests a build has not compiled before are asked for.
+pub async fn plugin_components(
+    conn: &mut PgConnection,
+    digests: &[Vec<u8>],
+) -> Result<Vec<GatewayComponentRow>, sqlx::Error> {
+    if digests.is_empty() {
+        return Ok(Vec::new());
+    }
+    sqlx::query_as::<_, GatewayComponentRow>(
+        "SELECT DISTINCT ON (component_sha256) component_sha256, component \
+           FROM gateway_plugins WHERE component_sha256 = ANY($1)",
+    )
+    .bind(digests)
     .fetch_all(conn)
     .await
 }

@@ -83,6 +83,18 @@ impl AuditDraft {
         self.metadata.insert(key.to_owned(), value.into());
     }
 
+    /// Appends one plugin call's record to the `plugins` member (steps 25 and 31): the
+    /// plugin, its hook, the outcome and, on a failure, the cause.
+    pub(crate) fn push_plugin(&mut self, record: Value) {
+        match self.metadata.get_mut("plugins") {
+            Some(Value::Array(records)) => records.push(record),
+            _ => {
+                self.metadata
+                    .insert("plugins".to_owned(), Value::Array(vec![record]));
+            }
+        }
+    }
+
     /// Builds the events and hands them to the reserved slots. `status` is the answer's
     /// status (499 when the client went away).
     pub(crate) fn emit(

@@ -4,6 +4,7 @@
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use control_crypto::{HmacKey, KekRing};
+use gateway_plugin_host::HostConfig;
 
 /// Reads one variable; `None` when unset or empty.
 pub type Lookup<'a> = &'a dyn Fn(&str) -> Option<String>;
@@ -101,6 +102,11 @@ pub struct GatewayConfig {
     pub max_grant_ttl: Duration,
     /// Request and connection limits.
     pub limits: Limits,
+    /// The WebAssembly plugin host: `GATEWAY_PLUGIN_MAX_CONCURRENCY` (64),
+    /// `GATEWAY_PLUGIN_MAX_MEMORY_BYTES` (64 MiB; caps every binding's memory limit),
+    /// `GATEWAY_PLUGIN_MAX_DEADLINE_MS` (1000; caps every binding's deadline),
+    /// `GATEWAY_PLUGIN_POOLING` (`true`; `false` skips the pooling allocator).
+    pub plugins: HostConfig,
 }
 
 impl std::fmt::Debug for GatewayConfig {
@@ -223,6 +229,37 @@ impl GatewayConfig {
             upstream_ca_file: lookup("UPSTREAM_CA_FILE").map(PathBuf::from),
             max_grant_ttl: Duration::from_secs(number("MAX_GRANT_TTL_SECONDS", 3600, 60, 86_400)?),
             limits,
+            plugins: HostConfig {
+                max_concurrency: u32::try_from(number(
+                    "GATEWAY_PLUGIN_MAX_CONCURRENCY",
+                    64,
+                    1,
+                    10_000,
+                )?)
+                .unwrap_or(64),
+                max_memory_bytes: number(
+                    "GATEWAY_PLUGIN_MAX_MEMORY_BYTES",
+                    64 * 1024 * 1024,
+                    64 * 1024,
+                    4 * 1024 * 1024 * 1024,
+                )?,
+                max_deadline: Duration::from_millis(number(
+                    "GATEWAY_PLUGIN_MAX_DEADLINE_MS",
+                    1000,
+                    1,
+                    1000,
+                )?),
+                epoch_tick: Duration::from_millis(1),
+                pooling: match lookup("GATEWAY_PLUGIN_POOLING").as_deref() {
+                    None | Some("true" | "1" | "yes") => true,
+                    Some("false" | "0" | "no") => false,
+                    Some(_) => {
+                        return Err(ConfigError(
+                            "GATEWAY_PLUGIN_POOLING must be true or false".to_owned(),
+                        ));
+                    }
+                },
+            },
         })
     }
 }

@@ -39,6 +39,7 @@ use std::{net::SocketAddr, path::Path, sync::Arc, time::Duration};
 
 use control_events::audit::AuditEmitter;
 use control_store::{ServiceRole, pool::connect_service_pool};
+use gateway_plugin_host::PluginHost;
 use gateway_state::{
     AuthorityView, Refresh, StateHandle,
     build::BuildConfig,
@@ -73,6 +74,9 @@ pub enum GatewayStartError {
     /// The standalone configuration file cannot be used.
     #[error(transparent)]
     Standalone(#[from] StandaloneError),
+    /// The WebAssembly plugin host could not start.
+    #[error(transparent)]
+    Plugins(#[from] gateway_plugin_host::HostConfigError),
     /// The listen address cannot be bound.
     #[error("cannot listen on {addr}: {cause}")]
     Bind {
@@ -138,6 +142,7 @@ pub async fn start_with_listener(
     )
     .await?;
     let policy = policy_config(&config)?;
+    let plugins = PluginHost::start(config.plugins.clone())?;
     // Heartbeats into `caracal:instances:gateway` and policy load reports, which the admin
     // API turns into an activation's `propagation_status`.
     let presence_client = redis::Client::open(config.redis_url.as_str())
@@ -156,6 +161,7 @@ pub async fn start_with_listener(
             key_grace: config.key_grace,
             control_audience: config.control_audience.clone(),
             reporter: Some(reporter),
+            plugins: Some(plugins.clone()),
         },
         config.revocation_max_age,
     ));
@@ -174,6 +180,7 @@ pub async fn start_with_listener(
         .await;
     serve(Serving {
         config,
+        plugins,
         state,
         counters,
         audit,
@@ -236,6 +243,9 @@ pub async fn start_standalone(
         &shutdown_rx,
     )
     .await?;
+    let plugins = PluginHost::start(config.plugins.clone())?;
+    let mut standalone = standalone;
+    standalone.load_plugins(&plugins).await?;
     let standalone = Arc::new(standalone);
     if standalone.has_jwks_urls() && standalone.refresh_keys().await > 0 {
         tracing::error!(
@@ -291,6 +301,7 @@ pub async fn start_standalone(
     );
     serve(Serving {
         config,
+        plugins,
         state,
         counters,
         audit,
@@ -443,6 +454,7 @@ async fn spawn_audit(
 /// What both modes hand to the listener once their state is built.
 struct Serving {
     config: GatewayConfig,
+    plugins: PluginHost,
     state: Arc<StateHandle>,
     counters: redis_ops::Counters,
     audit: AuditEmitter,
@@ -462,6 +474,7 @@ struct Serving {
 fn serve(serving: Serving) -> Result<GatewayHandle, GatewayStartError> {
     let Serving {
         config,
+        plugins,
         state,
         counters,
         audit,
@@ -495,6 +508,7 @@ fn serve(serving: Serving) -> Result<GatewayHandle, GatewayStartError> {
         oauth,
         standalone,
         metrics: Arc::new(metrics::Metrics::default()),
+        plugins,
         last_key_reload_ms: std::sync::atomic::AtomicI64::new(0),
         config,
     });

@@ -1,6 +1,6 @@
 //! Counters for `/metrics` (Prometheus text) and `/metrics.json`: requests, answers by
 //! status class, denials by cause, forwarded calls, revocations that cut a stream, key
-//! reloads, the snapshot builder, the authority view's freshness, the stream consumers and
+//! reloads, plugin outcomes and failures by cause, the snapshot builder, the authority view's freshness, the stream consumers and
 //! the audit emitter.
 
 use std::{
@@ -12,7 +12,21 @@ use std::{
 };
 
 use control_events::audit::AuditHealth;
+use gateway_plugin_host::FailureCause;
 use gateway_state::StateHandle;
+
+/// What one plugin call came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PluginOutcome {
+    /// An authorizer allowed.
+    Allowed,
+    /// An authorizer denied.
+    Denied,
+    /// An injector's operations were applied.
+    Injected,
+    /// The call failed closed.
+    Failed(FailureCause),
+}
 
 /// Request and outcome counters.
 #[derive(Debug, Default)]
@@ -27,6 +41,12 @@ pub(crate) struct Metrics {
     key_reloads: AtomicU64,
     /// Denials by cause; the set of causes is small and fixed by the pipeline.
     denials: Mutex<BTreeMap<String, u64>>,
+    /// Plugin calls by outcome: allow, deny, injected.
+    plugin_allow: AtomicU64,
+    plugin_deny: AtomicU64,
+    plugin_injected: AtomicU64,
+    /// Failed plugin calls, by [`FailureCause`] (index of `FailureCause::ALL`).
+    plugin_failures: [AtomicU64; FailureCause::ALL.len()],
 }
 
 /// One exported value.
@@ -63,6 +83,26 @@ impl Metrics {
 
     pub(crate) fn key_reload(&self) {
         self.key_reloads.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// One plugin call's outcome.
+    pub(crate) fn plugin(&self, outcome: PluginOutcome) {
+        let counter = match outcome {
+            PluginOutcome::Allowed => &self.plugin_allow,
+            PluginOutcome::Denied => &self.plugin_deny,
+            PluginOutcome::Injected => &self.plugin_injected,
+            PluginOutcome::Failed(cause) => {
+                let index = FailureCause::ALL
+                    .iter()
+                    .position(|c| *c == cause)
+                    .unwrap_or(0);
+                match self.plugin_failures.get(index) {
+                    Some(counter) => counter,
+                    None => return,
+                }
+            }
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
     }
 
     pub(crate) fn denial(&self, cause: &str) {
@@ -117,6 +157,28 @@ impl Metrics {
                 help: "answers by status class",
                 counter: true,
                 labels: Some(("class", class.to_owned())),
+                value: load(counter),
+            });
+        }
+        for (outcome, counter) in [
+            ("allow", &self.plugin_allow),
+            ("deny", &self.plugin_deny),
+            ("injected", &self.plugin_injected),
+        ] {
+            out.push(Value {
+                name: "caracal_gateway_plugin_calls_total".to_owned(),
+                help: "plugin calls that completed, by outcome",
+                counter: true,
+                labels: Some(("outcome", outcome.to_owned())),
+                value: load(counter),
+            });
+        }
+        for (cause, counter) in FailureCause::ALL.iter().zip(self.plugin_failures.iter()) {
+            out.push(Value {
+                name: "caracal_gateway_plugin_failures_total".to_owned(),
+                help: "plugin calls that failed closed, by cause",
+                counter: true,
+                labels: Some(("cause", cause.as_str().to_owned())),
                 value: load(counter),
             });
         }

@@ -6,6 +6,7 @@
 mod authenticate;
 mod authorize;
 mod forward;
+mod plugins;
 mod prepare;
 mod resolve;
 
@@ -99,6 +100,8 @@ pub(crate) struct Gateway {
     /// are not run, and `principal.labels` are the application's configured labels.
     pub(crate) standalone: Option<Arc<gateway_state::standalone::Standalone>>,
     pub(crate) metrics: Arc<Metrics>,
+    /// Runs the resources' WebAssembly plugins (steps 25 and 31).
+    pub(crate) plugins: gateway_plugin_host::PluginHost,
     /// Unix ms of the last forced key reload (step 11's 30 s cooldown).
     pub(crate) last_key_reload_ms: std::sync::atomic::AtomicI64,
 }
@@ -224,9 +227,35 @@ impl Gateway {
         next!(self.check_authority_fresh()); // step 1
         let auth = next!(self.authenticate(ctx, &req).await?); // steps 2-17
         let resolved = next!(self.resolve(ctx, &auth, &req)); // steps 18-22
-        next!(self.authorize(ctx, &auth, &resolved, &req).await?); // steps 23-25
-        let outbound = next!(self.prepare_upstream(ctx, &auth, &resolved, req).await?); // steps 26-31
+        next!(self.authorize(ctx, &auth, &resolved, &req).await?); // steps 23-24
+        let binding = Arc::clone(&resolved.binding);
+        let (req, body_sha256) = next!(self.take_body(&binding, req).await?);
+        let call = (!binding.plugins.is_empty()).then(|| {
+            plugins::plugin_call(ctx, &auth, &resolved, &req, body_sha256, self.labels(&auth))
+        });
+        if let Some(call) = &call {
+            next!(self.run_authorizers(ctx, &binding, call).await?); // step 25
+        }
+        let outbound = next!(
+            self.prepare_upstream(ctx, &auth, &resolved, req, call.as_ref())
+                .await?
+        ); // steps 26-31
         self.forward(ctx, &auth, outbound).await // step 32
+    }
+
+    /// The principal's labels as policy sees them: the agent session's, or in standalone
+    /// mode the application's configured labels.
+    fn labels(&self, auth: &Authenticated) -> Vec<String> {
+        match &self.standalone {
+            Some(standalone) => standalone
+                .labels(&auth.zone.zone_id, &auth.mandate.client_id)
+                .to_vec(),
+            None => auth
+                .revalidated
+                .agent_session()
+                .map(|s| s.labels.clone())
+                .unwrap_or_default(),
+        }
     }
 
     /// Step 1: the authority view is fresh and a snapshot is loaded.

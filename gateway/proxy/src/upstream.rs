@@ -121,9 +121,54 @@ pub(crate) struct InboundFlags {
     pub(crate) broken: AtomicBool,
 }
 
+/// The caller's body: still arriving, or read whole before the plugins ran (a plugin asked
+/// for its digest).
+pub(crate) enum CallerBody {
+    /// Streams through as it arrives.
+    Streaming(Incoming),
+    /// Read already; sent in one frame.
+    Buffered(Option<Bytes>),
+}
+
+impl Body for CallerBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match &mut *self {
+            CallerBody::Streaming(inner) => Pin::new(inner).poll_frame(cx),
+            CallerBody::Buffered(bytes) => Poll::Ready(
+                bytes
+                    .take()
+                    .filter(|b| !b.is_empty())
+                    .map(|b| Ok(Frame::data(b))),
+            ),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            CallerBody::Streaming(inner) => inner.is_end_stream(),
+            CallerBody::Buffered(bytes) => bytes.as_ref().is_none_or(Bytes::is_empty),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            CallerBody::Streaming(inner) => inner.size_hint(),
+            CallerBody::Buffered(bytes) => {
+                SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
+            }
+        }
+    }
+}
+
 /// The caller's body as it is forwarded: cut at the size limit and at the read deadline.
 pub(crate) struct InboundBody {
-    inner: Incoming,
+    inner: CallerBody,
     read: u64,
     limit: u64,
     deadline: Pin<Box<tokio::time::Sleep>>,
@@ -132,7 +177,7 @@ pub(crate) struct InboundBody {
 
 impl InboundBody {
     pub(crate) fn new(
-        inner: Incoming,
+        inner: CallerBody,
         limit: u64,
         read_timeout: Duration,
         flags: Arc<InboundFlags>,
@@ -329,8 +374,14 @@ impl Body for GovernedBody {
 impl Drop for GovernedBody {
     fn drop(&mut self) {
         if !self.done {
-            // The client went away mid-body.
-            self.finish(Some("client_cancelled"), false);
+            if self.pending.is_empty() && self.inner.is_end_stream() {
+                // Everything was delivered: hyper stops polling a length-framed body once its
+                // last byte is written, so the end is seen here rather than in `poll_frame`.
+                self.finish(None, false);
+            } else {
+                // The client went away mid-body.
+                self.finish(Some("client_cancelled"), false);
+            }
         }
     }
 }

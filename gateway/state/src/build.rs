@@ -49,6 +49,11 @@ use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 use zeroize::Zeroizing;
 
+use gateway_plugin_host::{PluginHost, World};
+
+use crate::plugins::{
+    InjectMode, Known, PluginHook, PluginSpec, build_plugins, digest as plugin_digest,
+};
 use crate::snapshot::{
     Application, Binding, Credential, KeyPlacement, OAuthClient, Operation, PluginRef, PolicySlot,
     Provider, RateLimit, Secret, Signer, Snapshot, ZoneState,
@@ -71,6 +76,8 @@ pub struct BuildConfig {
     /// Where policy load attempts are reported (`caracal:policy:status:<zone>`); `None`
     /// reports nothing (tests, standalone mode).
     pub reporter: Option<StatusReporter>,
+    /// Compiles and configures bound plugins; `None` makes every bound plugin fail closed.
+    pub plugins: Option<PluginHost>,
 }
 
 /// Why a build failed. The previous snapshot stays in place; the message is one line and
@@ -111,6 +118,8 @@ struct Rows {
     applications: Vec<GatewayApplicationRow>,
     resources: Vec<GatewayResourceRow>,
     plugins: Vec<GatewayPluginBindingRow>,
+    components: HashMap<[u8; 32], Vec<u8>>,
+    known: Known,
     providers: Vec<GatewayProviderRow>,
     policies: HashMap<String, PolicyPlan>,
     documents: Vec<GatewayPolicyVersionRow>,
@@ -140,6 +149,19 @@ async fn read(pool: &PgPool, previous: Option<&Snapshot>) -> Result<Rows, BuildE
     let applications = gateway::applications(&mut tx).await?;
     let resources = gateway::resources(&mut tx).await?;
     let plugins = gateway::plugin_bindings(&mut tx).await?;
+    let known = Known::from_snapshot(previous);
+    let mut missing: Vec<Vec<u8>> = plugins
+        .iter()
+        .filter(|row| known.needs_bytes(&plugin_digest(&row.component_sha256)))
+        .map(|row| row.component_sha256.clone())
+        .collect();
+    missing.sort();
+    missing.dedup();
+    let components = gateway::plugin_components(&mut tx, &missing)
+        .await?
+        .into_iter()
+        .map(|row| (plugin_digest(&row.component_sha256), row.component))
+        .collect();
     let providers = gateway::providers(&mut tx).await?;
     let policies: HashMap<String, PolicyPlan> = gateway::active_policies(&mut tx)
         .await?
@@ -164,6 +186,8 @@ async fn read(pool: &PgPool, previous: Option<&Snapshot>) -> Result<Rows, BuildE
         applications,
         resources,
         plugins,
+        components,
+        known,
         providers,
         policies,
         documents,
@@ -180,6 +204,8 @@ async fn assemble(rows: Rows, config: &BuildConfig, previous: Option<&Snapshot>)
         applications,
         resources,
         plugins,
+        components,
+        known,
         providers,
         mut policies,
         documents,
@@ -211,16 +237,9 @@ async fn assemble(rows: Rows, config: &BuildConfig, previous: Option<&Snapshot>)
             (key, Arc::new(build_provider(row, &config.kek)))
         })
         .collect();
-    let mut plugins_by_resource: HashMap<(String, String), Vec<PluginRef>> = HashMap::new();
-    for row in plugins {
-        plugins_by_resource
-            .entry((row.zone_id, row.resource_id))
-            .or_default()
-            .push(PluginRef {
-                name: row.plugin_name,
-                hook: row.hook,
-            });
-    }
+    let specs = plugins.into_iter().filter_map(plugin_spec).collect();
+    let mut plugins_by_resource =
+        build_plugins(specs, components, config.plugins.as_ref(), known).await;
     let mut resources_by_zone: HashMap<String, HashMap<String, Arc<Binding>>> = HashMap::new();
     for row in resources {
         let zone_id = row.zone_id.clone();
@@ -461,6 +480,33 @@ fn build_binding(
         provider,
         rate_limit,
         plugins,
+    })
+}
+
+/// A stored plugin binding as the plugin builder takes it; a row with an unknown hook (the
+/// store's CHECK forbids it) is dropped with a warning.
+fn plugin_spec(row: GatewayPluginBindingRow) -> Option<PluginSpec> {
+    let Some(hook) = PluginHook::parse(&row.hook) else {
+        tracing::warn!(resource_id = %row.resource_id, hook = %row.hook, "unknown plugin hook; binding ignored");
+        return None;
+    };
+    let mode = match row.mode.as_deref() {
+        Some("replace") => InjectMode::Replace,
+        _ => InjectMode::Augment,
+    };
+    Some(PluginSpec {
+        zone_id: row.zone_id,
+        resource_id: row.resource_id,
+        plugin_id: row.plugin_id,
+        name: row.plugin_name,
+        world: World::parse(&row.plugin_world),
+        archived: row.plugin_archived,
+        digest: plugin_digest(&row.component_sha256),
+        hook,
+        mode,
+        config: row.config_text,
+        deadline: Duration::from_millis(u64::try_from(row.deadline_ms).unwrap_or(5)),
+        memory_bytes: u64::try_from(row.memory_limit_bytes).unwrap_or(0),
     })
 }
 

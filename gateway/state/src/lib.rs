@@ -12,12 +12,14 @@
 pub mod authority;
 pub mod build;
 pub mod handle;
+pub mod plugins;
 pub mod snapshot;
 pub mod standalone;
 
 pub use authority::{Anchors, AuthorityView, Prefetched, ViewError};
 pub use handle::{GATEWAY_STREAMS, Refresh, StateHandle};
+pub use plugins::{InjectMode, PluginHook, PluginRef, PluginState};
 pub use snapshot::{
-    Application, Binding, Credential, KeyPlacement, OAuthClient, Operation, PluginRef, PolicySlot,
-    Provider, RateLimit, Secret, Signer, Snapshot, ZoneState,
+    Application, Binding, Credential, KeyPlacement, OAuthClient, Operation, PolicySlot, Provider,
+    RateLimit, Secret, Signer, Snapshot, ZoneState,
 };

@@ -12,6 +12,8 @@ use chrono::{DateTime, Utc};
 use control_crypto::{PublicKey, ZoneSigningKey};
 use control_policy::Bundle;
 use http::HeaderName;
+
+pub use crate::plugins::PluginRef;
 use zeroize::Zeroizing;
 
 /// Everything the gateway decides from, for every zone.
@@ -124,7 +126,8 @@ pub struct Binding {
     pub provider: Arc<Provider>,
     /// The per-resource rate limit (step 24).
     pub rate_limit: Option<RateLimit>,
-    /// Plugins bound to the resource, in declared order (steps 25 and 31).
+    /// Plugins bound to the resource: authorizers by position, then injectors by position
+    /// (steps 25 and 31).
     pub plugins: Vec<PluginRef>,
 }
 
@@ -157,16 +160,6 @@ pub struct RateLimit {
     pub max_requests: u64,
     /// One budget per application (`true`) or one for everyone.
     pub per_application: bool,
-}
-
-/// A plugin bound to a resource. The plugin host (issue 6) runs these; until it exists a
-/// bound plugin makes every request to the resource fail closed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PluginRef {
-    /// Plugin name (audit and error descriptions).
-    pub name: String,
-    /// `authorizer` or `injector`.
-    pub hook: String,
 }
 
 /// A credential provider with its decrypted material.

@@ -23,11 +23,13 @@ mod feed;
 mod keys;
 
 use std::{
+    cell::RefCell,
     collections::{BTreeMap, HashMap},
     fmt,
     net::SocketAddr,
     path::{Path, PathBuf},
     sync::Arc,
+    time::Duration,
 };
 
 use arc_swap::ArcSwap;
@@ -35,6 +37,7 @@ use base64::Engine as _;
 use chrono::Utc;
 use control_crypto::PublicKey;
 use control_policy::{Bundle, BundleSource, PolicyConfig, PolicyDocument};
+use gateway_plugin_host::{CallLimits, CompiledPlugin, PluginHost, World};
 use http::{HeaderName, HeaderValue};
 use serde::Deserialize;
 use sha2::{Digest as _, Sha256};
@@ -45,6 +48,7 @@ pub use feed::{
     spawn_revocation_feed,
 };
 
+use crate::plugins::{InjectMode, PluginHook, PluginState};
 use crate::snapshot::{
     Application, Binding, Credential, KeyPlacement, OAuthClient, Operation, PluginRef, PolicySlot,
     Provider, RateLimit, Secret, Signer, Snapshot, ZoneState,
@@ -90,6 +94,8 @@ pub struct Standalone {
     fetched: ArcSwap<HashMap<String, HashMap<String, PublicKey>>>,
     jwks: Option<keys::JwksClient>,
     refreshing: tokio::sync::Mutex<()>,
+    /// Component bytes by digest, dropped once [`Standalone::load_plugins`] compiled them.
+    components: HashMap<[u8; 32], Vec<u8>>,
 }
 
 impl fmt::Debug for Standalone {
@@ -129,6 +135,7 @@ impl Standalone {
             file: path,
             base: path.parent().unwrap_or_else(|| Path::new(".")),
             lookup,
+            components: RefCell::new(HashMap::new()),
         };
         let text = std::fs::read_to_string(path)
             .map_err(|e| ctx.fail(format!("cannot read the configuration file: {e}")))?;
@@ -162,6 +169,56 @@ impl Standalone {
     /// `AUDIT_REPLAY_DIR`).
     pub fn audit_replay_dir(&self) -> Option<&Path> {
         self.audit_replay_dir.as_deref()
+    }
+
+    /// Compiles the plugins the file binds (on blocking threads) and runs each binding's
+    /// `configure`. A component that is not a component of its hook's world, or a config its
+    /// plugin refuses, fails the start with one line naming the resource and the plugin.
+    pub async fn load_plugins(&mut self, host: &PluginHost) -> Result<(), StandaloneError> {
+        let components = std::mem::take(&mut self.components);
+        let file = self.file.display().to_string();
+        let fail = |detail: String| StandaloneError {
+            file: file.clone(),
+            detail,
+        };
+        let mut compiled: HashMap<([u8; 32], World), Arc<CompiledPlugin>> = HashMap::new();
+        for parts in self.zones.values_mut() {
+            for binding in parts.resources.values_mut() {
+                let Some(binding) = Arc::get_mut(binding) else {
+                    return Err(fail(
+                        "plugins must be loaded before the first snapshot".into(),
+                    ));
+                };
+                let identifier = binding.identifier.clone();
+                for plugin in &mut binding.plugins {
+                    let key = format!("resources[{identifier}].plugins[{}]", plugin.name);
+                    let world = plugin.hook.world();
+                    let component = match compiled.get(&(plugin.digest, world)) {
+                        Some(component) => Arc::clone(component),
+                        None => {
+                            let bytes = components.get(&plugin.digest).cloned().unwrap_or_default();
+                            let component = crate::plugins::compile(host, world, bytes)
+                                .await
+                                .map_err(|cause| fail(format!("{key}.file: {cause}")))?;
+                            compiled.insert((plugin.digest, world), Arc::clone(&component));
+                            component
+                        }
+                    };
+                    plugin.limits = host.limits(plugin.limits.deadline, plugin.limits.memory_bytes);
+                    let needs = host
+                        .configure(&component, &plugin.config, plugin.limits.for_configure())
+                        .await
+                        .map_err(|failure| {
+                            fail(format!("{key}.config: the plugin refused it: {failure}"))
+                        })?;
+                    plugin.state = PluginState::Ready {
+                        plugin: component,
+                        needs,
+                    };
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Whether any zone names a `jwks_url`.
@@ -372,6 +429,14 @@ struct RawRateLimit {
 struct RawPlugin {
     name: String,
     hook: String,
+    /// The component file (relative paths from the configuration file's directory).
+    file: String,
+    /// `augment` (default) or `replace`; injectors only.
+    mode: Option<String>,
+    /// Handed to the plugin as JSON object text.
+    config: Option<toml::Table>,
+    deadline_ms: Option<u32>,
+    memory_limit_bytes: Option<u64>,
 }
 
 // ---------------------------------------------------------------------------------------
@@ -383,6 +448,8 @@ struct Ctx<'a> {
     file: &'a Path,
     base: &'a Path,
     lookup: Lookup<'a>,
+    /// Component bytes read from the plugins' files, by digest, until `load_plugins`.
+    components: RefCell<HashMap<[u8; 32], Vec<u8>>>,
 }
 
 impl Ctx<'_> {
@@ -540,6 +607,7 @@ impl Ctx<'_> {
             fetched: ArcSwap::from_pointee(HashMap::new()),
             jwks,
             refreshing: tokio::sync::Mutex::new(()),
+            components: self.components.take(),
         })
     }
 
@@ -1090,18 +1158,25 @@ impl Ctx<'_> {
             .transpose()?;
         let mut plugins = Vec::with_capacity(raw.plugins.len());
         for (index, plugin) in raw.plugins.iter().enumerate() {
-            let key = format!("{table}.plugins[{index}]");
-            if plugin.name.is_empty() {
-                return Err(self.fail(format!("{key}.name: is empty")));
-            }
-            if !matches!(plugin.hook.as_str(), "authorizer" | "injector") {
-                return Err(self.fail(format!("{key}.hook: must be authorizer or injector")));
-            }
-            tracing::warn!(resource = %raw.identifier, plugin = %plugin.name, "a plugin is bound; requests to the resource fail closed until the plugin host is available");
-            plugins.push(PluginRef {
-                name: plugin.name.clone(),
-                hook: plugin.hook.clone(),
-            });
+            plugins.push(self.build_plugin(&format!("{table}.plugins[{index}]"), plugin)?);
+        }
+        // Authorizers run in the declared order, then injectors (steps 25 and 31).
+        plugins.sort_by_key(|p| p.hook == PluginHook::Injector);
+        let mut names = std::collections::HashSet::new();
+        if let Some(twice) = plugins.iter().find(|p| !names.insert(p.name.as_str())) {
+            return Err(self.fail(format!(
+                "{table}.plugins: {} is bound twice (a plugin is bound at most once per resource)",
+                twice.name
+            )));
+        }
+        let replacing = plugins
+            .iter()
+            .filter(|p| p.hook == PluginHook::Injector && p.mode == InjectMode::Replace)
+            .count();
+        if replacing > 1 {
+            return Err(self.fail(format!(
+                "{table}.plugins: at most one injector may have mode replace"
+            )));
         }
         let resource_id = match raw.id {
             Some(id) if is_id(&id) => id,
@@ -1123,6 +1198,69 @@ impl Ctx<'_> {
             plugins,
         })
     }
+
+    /// One `plugins` entry: checked, its file read and hashed; the plugin is compiled and
+    /// configured later, by [`Standalone::load_plugins`].
+    fn build_plugin(&self, key: &str, plugin: &RawPlugin) -> Result<PluginRef, StandaloneError> {
+        if !is_plugin_name(&plugin.name) {
+            return Err(self.fail(format!(
+                "{key}.name: must match ^[a-z0-9][a-z0-9._-]{{0,63}}$"
+            )));
+        }
+        let hook = PluginHook::parse(&plugin.hook)
+            .ok_or_else(|| self.fail(format!("{key}.hook: must be authorizer or injector")))?;
+        let mode = match (hook, plugin.mode.as_deref()) {
+            (_, None) | (PluginHook::Injector, Some("augment")) => InjectMode::Augment,
+            (PluginHook::Injector, Some("replace")) => InjectMode::Replace,
+            (PluginHook::Injector, Some(_)) => {
+                return Err(self.fail(format!("{key}.mode: must be augment or replace")));
+            }
+            (PluginHook::Authorizer, Some(_)) => {
+                return Err(self.fail(format!("{key}.mode: only injectors have a mode")));
+            }
+        };
+        let deadline_ms = plugin.deadline_ms.unwrap_or(5);
+        if !(1..=1000).contains(&deadline_ms) {
+            return Err(self.fail(format!("{key}.deadline_ms: must be between 1 and 1000")));
+        }
+        let memory_bytes = plugin.memory_limit_bytes.unwrap_or(16 * 1024 * 1024);
+        if !(65_536..=1_073_741_824).contains(&memory_bytes) {
+            return Err(self.fail(format!(
+                "{key}.memory_limit_bytes: must be between 65536 and 1073741824"
+            )));
+        }
+        let config = serde_json::to_string(&plugin.config.clone().unwrap_or_default()).map_err(
+            |_unrepresentable| self.fail(format!("{key}.config: cannot be written as JSON")),
+        )?;
+        let path = self.base.join(&plugin.file);
+        let bytes = std::fs::read(&path)
+            .map_err(|e| self.fail(format!("{key}.file: cannot read {}: {e}", path.display())))?;
+        let digest: [u8; 32] = Sha256::digest(&bytes).into();
+        self.components.borrow_mut().insert(digest, bytes);
+        Ok(PluginRef {
+            plugin_id: plugin.name.clone(),
+            name: plugin.name.clone(),
+            hook,
+            mode,
+            digest,
+            config: Arc::from(config),
+            limits: CallLimits {
+                deadline: Duration::from_millis(u64::from(deadline_ms)),
+                memory_bytes,
+            },
+            state: PluginState::Failed(Arc::from("the plugin has not been loaded")),
+        })
+    }
+}
+
+/// `gateway_plugins.name`'s rule.
+fn is_plugin_name(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    (1..=64).contains(&bytes.len())
+        && (bytes[0].is_ascii_lowercase() || bytes[0].is_ascii_digit())
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(b))
 }
 
 /// `^[A-Za-z0-9._:-]{1,128}$`: what steps 8 and 9 accept as a zone or client id.

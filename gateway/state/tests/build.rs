@@ -45,6 +45,7 @@ fn config(kek: KekRing) -> BuildConfig {
         key_grace: Duration::from_secs(24 * 3600),
         control_audience: "caracal-control".to_owned(),
         reporter: None,
+        plugins: None,
     }
 }
 
@@ -794,5 +795,157 @@ async fn current_revision_moves_when_a_snapshot_table_changes() -> anyhow::Resul
     assert!(after > before, "{after} > {before}");
     let snapshot = build::build(&pool, &config(kek(7)), None).await?;
     assert_eq!(snapshot.revision, after);
+    Ok(())
+}
+
+/// A `gateway_plugins` row holding the component at `path`.
+async fn plugin_row(p: &mut Provision, id: &str, world: &str, path: &str, archived: bool) {
+    let component = tests_fixtures::read(path).unwrap();
+    sqlx::query(
+        "INSERT INTO caracal.gateway_plugins \
+           (id, zone_id, name, world, component_sha256, component, archived_at) \
+         VALUES ($1, $2, $1, $3, sha256($4), $4, CASE WHEN $5 THEN now() END)",
+    )
+    .bind(id)
+    .bind(ZONE)
+    .bind(world)
+    .bind(&component)
+    .bind(archived)
+    .execute(p.conn())
+    .await
+    .unwrap();
+}
+
+/// A binding of plugin `plugin` to resource `r-<resource>`.
+async fn plugin_binding(
+    p: &mut Provision,
+    resource: &str,
+    plugin: &str,
+    hook: &str,
+    position: i16,
+    config: Value,
+) {
+    sqlx::query(
+        "INSERT INTO caracal.resource_plugin_bindings \
+           (id, zone_id, resource_id, plugin_id, hook, position, mode, config_json) \
+         VALUES ($1, $2, $3, $4, $5, $6, CASE WHEN $5 = 'injector' THEN 'augment' END, $7)",
+    )
+    .bind(format!("rpb-{resource}-{plugin}"))
+    .bind(ZONE)
+    .bind(format!("r-{resource}"))
+    .bind(plugin)
+    .bind(hook)
+    .bind(position)
+    .bind(config)
+    .execute(p.conn())
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn plugins_are_compiled_once_configured_per_binding_and_fail_closed_when_unusable()
+-> anyhow::Result<()> {
+    use gateway_plugin_host::{HostConfig, PluginHost};
+    use gateway_state::{PluginHook, PluginState};
+
+    let db = TestDb::migrated().await?;
+    let mut p = Provision::open(&db).await?;
+    p.zone(ZONE).await?;
+    provider(&mut p, &kek(7), "prv-none", "none", json!({}), None).await;
+    for name in ["guarded", "archived", "refused", "injected"] {
+        resource(&mut p, name, "prv-none").await;
+    }
+    plugin_row(
+        &mut p,
+        "plg-allow",
+        "authorizer",
+        tests_fixtures::FIXTURE_ALLOW,
+        false,
+    )
+    .await;
+    plugin_row(
+        &mut p,
+        "plg-old",
+        "authorizer",
+        tests_fixtures::FIXTURE_DENY,
+        true,
+    )
+    .await;
+    plugin_row(
+        &mut p,
+        "plg-echo",
+        "credential-injector",
+        tests_fixtures::FIXTURE_ECHO_INJECTOR,
+        false,
+    )
+    .await;
+    plugin_binding(&mut p, "guarded", "plg-allow", "authorizer", 0, json!({})).await;
+    plugin_binding(&mut p, "archived", "plg-old", "authorizer", 0, json!({})).await;
+    plugin_binding(
+        &mut p,
+        "refused",
+        "plg-echo",
+        "injector",
+        0,
+        json!({"digest": "yes"}),
+    )
+    .await;
+    plugin_binding(
+        &mut p,
+        "injected",
+        "plg-echo",
+        "injector",
+        0,
+        json!({"digest": true}),
+    )
+    .await;
+
+    let pool = db.service_pool(ServiceRole::Gateway).await?;
+    let host = PluginHost::start(HostConfig {
+        pooling: false,
+        ..HostConfig::default()
+    })?;
+    let with_host = BuildConfig {
+        plugins: Some(host),
+        ..config(kek(7))
+    };
+    let first = build::build(&pool, &with_host, None).await?;
+    let zone_state = zone(&first, ZONE);
+    let plugin =
+        |resource: &str| zone_state.resources[&format!("resource://{resource}")].plugins[0].clone();
+
+    let guarded = plugin("guarded");
+    assert_eq!(guarded.hook, PluginHook::Authorizer);
+    assert_eq!(guarded.name, "plg-allow");
+    let PluginState::Ready {
+        plugin: compiled, ..
+    } = &guarded.state
+    else {
+        panic!("not ready: {:?}", guarded.state);
+    };
+    let injected = plugin("injected");
+    assert!(
+        injected.needs_body_sha256(),
+        "configure asked for the digest"
+    );
+    for (resource, cause) in [("archived", "archived"), ("refused", "configure failed")] {
+        match &plugin(resource).state {
+            PluginState::Failed(text) => assert!(text.contains(cause), "{resource}: {text}"),
+            PluginState::Ready { .. } => panic!("{resource} must fail closed"),
+        }
+    }
+
+    // A rebuild reuses the compiled component (no recompilation, same Arc).
+    let second = build::build(&pool, &with_host, Some(&first)).await?;
+    let again = zone(&second, ZONE).resources["resource://guarded"].plugins[0].clone();
+    let PluginState::Ready { plugin: reused, .. } = &again.state else {
+        panic!("not ready after a rebuild");
+    };
+    assert!(Arc::ptr_eq(compiled, reused));
+
+    // Without a plugin host every bound plugin fails closed instead of being skipped.
+    let without = build::build(&pool, &config(kek(7)), None).await?;
+    let bound = &zone(&without, ZONE).resources["resource://guarded"].plugins[0];
+    assert!(matches!(&bound.state, PluginState::Failed(text) if text.contains("no plugin host")));
     Ok(())
 }

@@ -58,6 +58,8 @@ async fn conformance_schemathesis_finds_no_server_error_and_no_schema_violation(
             "2",
             "--no-color",
         ])
+        // The upload route's `application/wasm` body is serialized as raw bytes.
+        .env("SCHEMATHESIS_HOOKS", "tests/api-fuzz/hooks.py")
         .current_dir(&root)
         .output()
         .await?;

@@ -10,6 +10,7 @@ pub mod api;
 pub mod gateway;
 pub mod http;
 pub mod oidc;
+pub mod plugins;
 pub mod provision;
 pub mod proxy;
 pub mod sts;

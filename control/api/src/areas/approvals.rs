@@ -31,7 +31,7 @@ use crate::{
     auth::Need,
     error::{ApiError, Problem},
     request::AdminRequest,
-    routes::{Answer, Param, Route, Scope, schema_of, unknown_op},
+    routes::{Answer, Param, RequestBody, Route, Scope, schema_of, unknown_op},
     state::Api,
 };
 
@@ -215,7 +215,7 @@ pub const ROUTES: &[Route] = &[
         summary: "List approval holds",
         need: Need::Read,
         scope: Scope::Zone,
-        body: None,
+        body: RequestBody::None,
         answer: Answer::Page(schema_of::<ApprovalView>),
         query: &[
             Param {
@@ -248,7 +248,7 @@ pub const ROUTES: &[Route] = &[
         summary: "Read an approval hold",
         need: Need::Read,
         scope: Scope::Zone,
-        body: None,
+        body: RequestBody::None,
         answer: Answer::Json(200, schema_of::<ApprovalView>),
         query: &[],
         refusals: &[(404, "zone_not_found"), (404, "approval_not_found")],
@@ -260,7 +260,7 @@ pub const ROUTES: &[Route] = &[
         summary: "Approve a pending hold (approve capability or bootstrap)",
         need: Need::Decide,
         scope: Scope::Zone,
-        body: Some(schema_of::<Decide>),
+        body: RequestBody::Json(schema_of::<Decide>),
         answer: Answer::Json(200, schema_of::<ApprovalView>),
         query: &[],
         refusals: DECISION_REFUSALS,
@@ -272,7 +272,7 @@ pub const ROUTES: &[Route] = &[
         summary: "Reject a pending hold (approve capability or bootstrap)",
         need: Need::Decide,
         scope: Scope::Zone,
-        body: Some(schema_of::<Decide>),
+        body: RequestBody::Json(schema_of::<Decide>),
         answer: Answer::Json(200, schema_of::<ApprovalView>),
         query: &[],
         refusals: DECISION_REFUSALS,

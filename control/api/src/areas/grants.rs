@@ -25,7 +25,7 @@ use crate::{
     auth::Need,
     error::{ApiError, Problem},
     request::AdminRequest,
-    routes::{Answer, Param, Route, Scope, schema_of, unknown_op},
+    routes::{Answer, Param, RequestBody, Route, Scope, schema_of, unknown_op},
     state::Api,
 };
 
@@ -258,7 +258,7 @@ pub const ROUTES: &[Route] = &[
         summary: "List admin grants",
         need: Need::Read,
         scope: Scope::Zone,
-        body: None,
+        body: RequestBody::None,
         answer: Answer::Page(schema_of::<GrantRow>),
         query: &[
             Param {
@@ -295,7 +295,7 @@ pub const ROUTES: &[Route] = &[
         summary: "Grant a user some of a resource's scopes for an application",
         need: Need::Write,
         scope: Scope::Zone,
-        body: Some(schema_of::<CreateGrant>),
+        body: RequestBody::Json(schema_of::<CreateGrant>),
         answer: Answer::Json(201, schema_of::<GrantRow>),
         query: &[],
         refusals: &[
@@ -311,7 +311,7 @@ pub const ROUTES: &[Route] = &[
         summary: "Read a grant",
         need: Need::Read,
         scope: Scope::Zone,
-        body: None,
+        body: RequestBody::None,
         answer: Answer::Json(200, schema_of::<GrantRow>),
         query: &[],
         refusals: &[(404, "zone_not_found"), (404, "grant_not_found")],
@@ -323,7 +323,7 @@ pub const ROUTES: &[Route] = &[
         summary: "Revoke a grant and the user's active authority records",
         need: Need::Write,
         scope: Scope::Zone,
-        body: None,
+        body: RequestBody::None,
         answer: Answer::NoContent,
         query: &[],
         refusals: &[(404, "zone_not_found"), (404, "grant_not_found")],

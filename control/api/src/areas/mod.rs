@@ -19,6 +19,7 @@ pub mod applications;
 pub mod approvals;
 pub mod grants;
 pub mod plugin_bindings;
+pub mod plugins;
 pub mod policies;
 pub mod policy_sets;
 pub mod providers;
@@ -33,6 +34,8 @@ pub mod zones_area;
 pub enum Reply {
     /// A JSON body with a status.
     Json(u16, Value),
+    /// 200 with raw bytes of a media type.
+    Bytes(&'static str, bytes::Bytes),
     /// 204.
     NoContent,
 }

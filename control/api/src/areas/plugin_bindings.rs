@@ -13,14 +13,21 @@
 //! records plugin ids, hooks, positions, modes and limits, and only the key names of each
 //! configuration, never its values.
 //!
-//! Uploading plugins (the component bytes, checked against the WIT world) is not part of
-//! this area; a plugin of another zone is not found (row-level security).
+//! Each binding's configuration is checked by the plugin itself before anything is written:
+//! its `configure` export runs on the configuration text the gateway will see, under the
+//! binding's deadline and memory limit (400 `invalid_plugin_config` with the plugin's
+//! message). Disabled bindings are checked like enabled ones.
+//! Plugins are uploaded in the `plugins` area; a plugin of another zone is not found
+//! (row-level security).
 
 use std::collections::{BTreeSet, HashMap};
+use std::time::Duration;
 
-use control_store::admin::plugin_bindings::{
-    self, NewBinding, PluginBindingRow, PluginRef, StoredBinding,
+use control_store::admin::{
+    plugin_bindings::{self, NewBinding, PluginBindingRow, PluginRef, StoredBinding},
+    plugins,
 };
+use gateway_plugin_host::{FailureCause, World};
 use http::Method;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -32,7 +39,7 @@ use crate::{
     auth::Need,
     error::{ApiError, Problem},
     request::{AdminRequest, printable},
-    routes::{Answer, Route, Scope, schema_of, unknown_op},
+    routes::{Answer, RequestBody, Route, Scope, schema_of, unknown_op},
     state::Api,
 };
 
@@ -41,7 +48,7 @@ pub const MAX_AUTHORIZERS: usize = 16;
 /// Injector bindings per resource (at most one of them in `replace` mode).
 pub const MAX_INJECTORS: usize = 4;
 /// The largest configuration, in bytes of its stored `jsonb` text (the column's CHECK).
-pub const MAX_CONFIG_BYTES: i32 = 65_536;
+pub const MAX_CONFIG_BYTES: usize = 65_536;
 /// Deadline of a binding that names none (milliseconds).
 pub const DEFAULT_DEADLINE_MS: i32 = 5;
 /// Memory limit of a binding that names none (16 MiB).
@@ -119,10 +126,10 @@ impl Hook {
     }
 
     /// The WIT world a plugin bound at this hook must implement.
-    fn world(self) -> &'static str {
+    fn world(self) -> World {
         match self {
-            Self::Authorizer => "authorizer",
-            Self::Injector => "credential-injector",
+            Self::Authorizer => World::Authorizer,
+            Self::Injector => World::CredentialInjector,
         }
     }
 }
@@ -294,7 +301,7 @@ fn check_plugins(entries: &[Entry], plugins: &[PluginRef]) -> Result<(), Problem
                 index,
             ));
         }
-        if plugin.world != entry.hook.world() {
+        if plugin.world != entry.hook.world().as_str() {
             return Err(rule(
                 "plugin_hook_mismatch",
                 "authorizer bindings need an authorizer plugin, injector bindings a credential-injector plugin",
@@ -303,6 +310,71 @@ fn check_plugins(entries: &[Entry], plugins: &[PluginRef]) -> Result<(), Problem
         }
     }
     Ok(())
+}
+
+/// Runs the plugin's `configure` on the binding's configuration, under the binding's limits:
+/// the plugin is compiled from its stored component (or found compiled by digest), and is
+/// handed the same text the gateway will hand it (the `jsonb` text Postgres stores). A
+/// component that no longer loads is 400 `invalid_plugin_component`; a configuration the
+/// plugin refuses, or a `configure` that traps, overruns or runs out of memory, is 400
+/// `invalid_plugin_config` with the plugin's message or the cause in `error_description`.
+async fn check_config(
+    api: &Api,
+    conn: &mut sqlx::PgConnection,
+    index: usize,
+    entry: &Entry,
+    plugin: &PluginRef,
+    config: &str,
+) -> Result<(), ApiError> {
+    let world = entry.hook.world();
+    let digest: [u8; 32] =
+        plugin
+            .component_sha256
+            .as_slice()
+            .try_into()
+            .map_err(|_wrong_length| {
+                ApiError::Internal(format!("plugin {} has a malformed digest", plugin.id))
+            })?;
+    let compiled = api
+        .components
+        .compiled(world, digest, async || {
+            plugins::component(conn, &plugin.id)
+                .await?
+                .ok_or_else(|| ApiError::Internal(format!("plugin {} vanished", plugin.id)))
+        })
+        .await?
+        .map_err(|refused| {
+            super::plugins::invalid_component(world, refused.to_string())
+                .with_details(json!({ "index": index }))
+        })?;
+    let deadline = Duration::from_millis(u64::try_from(entry.deadline_ms).unwrap_or(0));
+    let memory_bytes = u64::try_from(entry.memory_limit_bytes).unwrap_or(0);
+    match api
+        .components
+        .configure(&compiled, config, deadline, memory_bytes)
+        .await
+    {
+        Ok(()) => Ok(()),
+        Err(failure) => {
+            let (message, description) = match failure.cause {
+                FailureCause::GuestError => (
+                    format!("plugin {} refused the configuration", plugin.name),
+                    failure.detail,
+                ),
+                _ => (
+                    format!(
+                        "plugin {} failed while checking the configuration",
+                        plugin.name
+                    ),
+                    failure.to_string(),
+                ),
+            };
+            Err(Problem::new(400, "invalid_plugin_config", message)
+                .with_description(description)
+                .with_details(json!({ "index": index }))
+                .into())
+        }
+    }
 }
 
 /// The rows to insert: a plugin that stays bound at the same hook keeps its binding's id and
@@ -421,14 +493,21 @@ pub async fn put(api: &Api, req: &AdminRequest, zone: &str, id: &str) -> Result<
     let plugins = plugin_bindings::plugins(&mut tx, &ids).await?;
     check_plugins(&entries, &plugins)?;
     let configs = Value::Array(entries.iter().map(|e| e.config.clone()).collect());
-    let sizes = plugin_bindings::stored_sizes(&mut tx, &configs).await?;
-    if let Some(index) = sizes.iter().position(|size| *size > MAX_CONFIG_BYTES) {
+    let texts = plugin_bindings::stored_texts(&mut tx, &configs).await?;
+    if let Some(index) = texts.iter().position(|text| text.len() > MAX_CONFIG_BYTES) {
         return Err(rule(
             "invalid_plugin_config",
             "config must be at most 64 KiB as stored",
             index,
         )
         .into());
+    }
+    for (index, (entry, text)) in entries.iter().zip(&texts).enumerate() {
+        let plugin = plugins
+            .iter()
+            .find(|p| p.id == entry.plugin_id)
+            .ok_or_else(|| ApiError::Internal(format!("plugin {} vanished", entry.plugin_id)))?;
+        check_config(api, &mut tx, index, entry, plugin, text).await?;
     }
 
     let previous = plugin_bindings::remove_all(&mut tx, id).await?;
@@ -475,7 +554,7 @@ pub const ROUTES: &[Route] = &[
         summary: "List a resource's plugin bindings in the order the gateway runs them",
         need: Need::Read,
         scope: Scope::Zone,
-        body: None,
+        body: RequestBody::None,
         answer: Answer::Json(200, schema_of::<ResourcePlugins>),
         query: &[],
         refusals: &[INVALID_QUERY, ZONE_NOT_FOUND, RESOURCE_NOT_FOUND],
@@ -487,7 +566,7 @@ pub const ROUTES: &[Route] = &[
         summary: "Replace a resource's plugin bindings (authorizers, then credential injectors)",
         need: Need::Write,
         scope: Scope::Zone,
-        body: Some(schema_of::<PutResourcePlugins>),
+        body: RequestBody::Json(schema_of::<PutResourcePlugins>),
         answer: Answer::Json(200, schema_of::<ResourcePlugins>),
         query: &[],
         refusals: &[
@@ -501,6 +580,7 @@ pub const ROUTES: &[Route] = &[
             (400, "multiple_replace_injectors"),
             (400, "plugin_archived"),
             (400, "plugin_hook_mismatch"),
+            (400, "invalid_plugin_component"),
             ZONE_NOT_FOUND,
             RESOURCE_NOT_FOUND,
             (404, "plugin_not_found"),

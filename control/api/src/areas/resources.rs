@@ -32,7 +32,7 @@ use crate::{
     auth::Need,
     error::{ApiError, Problem},
     request::AdminRequest,
-    routes::{Answer, Route, Scope, schema_of, unknown_op},
+    routes::{Answer, RequestBody, Route, Scope, schema_of, unknown_op},
     state::Api,
 };
 
@@ -580,7 +580,7 @@ pub const ROUTES: &[Route] = &[
         summary: "List resources",
         need: Need::Read,
         scope: Scope::Zone,
-        body: None,
+        body: RequestBody::None,
         answer: Answer::Page(schema_of::<ResourceRow>),
         query: &[],
         refusals: &[(404, "zone_not_found")],
@@ -592,7 +592,7 @@ pub const ROUTES: &[Route] = &[
         summary: "Create a resource (routable at the gateway when it has an upstream)",
         need: Need::Write,
         scope: Scope::Zone,
-        body: Some(schema_of::<CreateResource>),
+        body: RequestBody::Json(schema_of::<CreateResource>),
         answer: Answer::Json(201, schema_of::<ResourceRow>),
         query: &[],
         refusals: &[
@@ -614,7 +614,7 @@ pub const ROUTES: &[Route] = &[
         summary: "Read a resource",
         need: Need::Read,
         scope: Scope::Zone,
-        body: None,
+        body: RequestBody::None,
         answer: Answer::Json(200, schema_of::<ResourceRow>),
         query: &[],
         refusals: &[NOT_FOUND],
@@ -626,7 +626,7 @@ pub const ROUTES: &[Route] = &[
         summary: "Change a resource (partial)",
         need: Need::Write,
         scope: Scope::Zone,
-        body: Some(schema_of::<PatchResource>),
+        body: RequestBody::Json(schema_of::<PatchResource>),
         answer: Answer::Json(200, schema_of::<ResourceRow>),
         query: &[],
         refusals: &[
@@ -648,7 +648,7 @@ pub const ROUTES: &[Route] = &[
         summary: "Archive a resource and make it unroutable",
         need: Need::Write,
         scope: Scope::Zone,
-        body: None,
+        body: RequestBody::None,
         answer: Answer::NoContent,
         query: &[],
         refusals: &[NOT_FOUND],

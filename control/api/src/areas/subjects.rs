@@ -35,7 +35,7 @@ use crate::{
     auth::Need,
     error::{ApiError, Problem},
     request::AdminRequest,
-    routes::{Answer, Route, Scope, schema_of, unknown_op},
+    routes::{Answer, RequestBody, Route, Scope, schema_of, unknown_op},
     state::Api,
 };
 
@@ -287,7 +287,7 @@ pub const ROUTES: &[Route] = &[Route {
     summary: "Kill switch: revoke a subject's records, sessions, edges and provider grants",
     need: Need::Write,
     scope: Scope::Zone,
-    body: Some(schema_of::<RevokeSubject>),
+    body: RequestBody::Json(schema_of::<RevokeSubject>),
     answer: Answer::Json(200, schema_of::<RevokeSummary>),
     query: &[],
     refusals: &[(404, "zone_not_found")],

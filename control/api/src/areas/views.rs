@@ -12,7 +12,7 @@ use crate::{
     auth::Need,
     error::{ApiError, Problem},
     request::AdminRequest,
-    routes::{Answer, Param, Route, Scope, schema_of, unknown_op},
+    routes::{Answer, Param, RequestBody, Route, Scope, schema_of, unknown_op},
     state::Api,
 };
 
@@ -84,7 +84,7 @@ pub const ROUTES: &[Route] = &[
         summary: "List authority records (one per mint)",
         need: Need::Read,
         scope: Scope::Zone,
-        body: None,
+        body: RequestBody::None,
         answer: Answer::Page(schema_of::<AuthorityRecordView>),
         query: &[
             Param {
@@ -113,7 +113,7 @@ pub const ROUTES: &[Route] = &[
         summary: "List agent sessions with their subjects",
         need: Need::Read,
         scope: Scope::Zone,
-        body: None,
+        body: RequestBody::None,
         answer: Answer::Page(schema_of::<AgentSessionView>),
         query: &[
             Param {

@@ -10,6 +10,7 @@ pub mod approvals;
 pub mod grants;
 pub mod page;
 pub mod plugin_bindings;
+pub mod plugins;
 pub mod policies;
 pub mod policy_sets;
 pub mod providers;
@@ -34,6 +35,8 @@ pub enum Archivable {
     Resource,
     /// `subject_issuers`.
     SubjectIssuer,
+    /// `gateway_plugins`.
+    Plugin,
 }
 
 impl Archivable {
@@ -61,6 +64,10 @@ impl Archivable {
             }
             Archivable::SubjectIssuer => {
                 "UPDATE subject_issuers SET archived_at = now(), updated_at = now(), updated_by = $2 \
+                 WHERE id = $1 AND archived_at IS NULL"
+            }
+            Archivable::Plugin => {
+                "UPDATE gateway_plugins SET archived_at = now(), updated_at = now(), updated_by = $2 \
                  WHERE id = $1 AND archived_at IS NULL"
             }
         }

@@ -1,6 +1,7 @@
 //! `resource_plugin_bindings`: the ordered WebAssembly plugin hooks of a resource (authorizers,
 //! then credential injectors), as the admin API reads and replaces them inside a zone
-//! transaction. The plugins themselves (`gateway_plugins`) are only read here.
+//! transaction. The plugins themselves (`gateway_plugins`) are only read here (see
+//! [`super::plugins`] for their registration).
 //!
 //! A replacement deletes the resource's bindings and inserts the new list in two statements;
 //! each fires the binding revision trigger (storage §5.5), which bumps
@@ -83,6 +84,8 @@ pub struct PluginRef {
     pub name: String,
     /// `authorizer` or `credential-injector`.
     pub world: String,
+    /// SHA-256 of the component (32 bytes).
+    pub component_sha256: Vec<u8>,
     /// Whether the plugin is archived.
     pub archived: bool,
 }
@@ -166,7 +169,7 @@ pub async fn plugins(
     ids: &[String],
 ) -> Result<Vec<PluginRef>, sqlx::Error> {
     sqlx::query_as::<_, PluginRef>(
-        "SELECT id, name, world, archived_at IS NOT NULL AS archived \
+        "SELECT id, name, world, component_sha256, archived_at IS NOT NULL AS archived \
            FROM gateway_plugins WHERE id = ANY($1) FOR SHARE",
     )
     .bind(ids)
@@ -174,14 +177,15 @@ pub async fn plugins(
     .await
 }
 
-/// The size in bytes of each of `configs` (a JSON array) as Postgres stores it in
-/// `config_json` (its `jsonb` text form, which the column's CHECK bounds), in order.
-pub async fn stored_sizes(
+/// Each of `configs` (a JSON array) in the text form Postgres gives its `jsonb` (what
+/// `config_json::text` returns, so what the gateway hands the plugin, and what the column's
+/// CHECK bounds), in order.
+pub async fn stored_texts(
     conn: &mut PgConnection,
     configs: &Value,
-) -> Result<Vec<i32>, sqlx::Error> {
+) -> Result<Vec<String>, sqlx::Error> {
     sqlx::query_scalar(
-        "SELECT octet_length(e.c::text) \
+        "SELECT e.c::text \
            FROM jsonb_array_elements($1::jsonb) WITH ORDINALITY AS e(c, n) ORDER BY e.n",
     )
     .bind(configs)

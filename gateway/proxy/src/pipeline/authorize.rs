@@ -1,4 +1,5 @@
-//! Steps 23–25: the zone's policy, the per-resource rate limit, authorizer plugins.
+//! Steps 23–24: the zone's policy and the per-resource rate limit (step 25, the authorizer
+//! plugins, is in `plugins`).
 
 use std::ops::ControlFlow;
 
@@ -80,14 +81,6 @@ impl Gateway {
                     cause: Some("rate_limited"),
                 }));
             }
-        }
-        // Step 25: authorizer plugins. The plugin host is not part of this build: a bound
-        // plugin fails closed rather than being skipped.
-        if let Some(plugin) = binding.plugins.iter().find(|p| p.hook == "authorizer") {
-            return Err(GatewayError::PluginFailed {
-                plugin: plugin.name.clone(),
-                cause: "the plugin host is not available".to_owned(),
-            });
         }
         Ok(ControlFlow::Continue(()))
     }

@@ -1,19 +1,23 @@
 //! Steps 26–31: where the request goes, with which credential, built from what the caller
 //! sent minus everything it may not decide.
 
-use std::ops::ControlFlow;
+use std::{ops::ControlFlow, sync::Arc};
 
 use control_model::{Denial, ErrorCode};
-use gateway_state::{Credential, KeyPlacement};
-use http::{HeaderName, HeaderValue, Request, header};
-use hyper::body::Incoming;
+use gateway_plugin_host::{
+    Call, CredentialKind, CredentialSet, HostCredential,
+    ops::{CheckedOp, InjectRules},
+};
+use gateway_state::{Credential, InjectMode, KeyPlacement, PluginHook, Provider};
+use http::{HeaderName, HeaderValue, Request, Uri, header};
+use zeroize::Zeroizing;
 
 use super::{Authenticated, Gateway, Refusal, RequestCtx, Resolved};
-use crate::{error::GatewayError, headers, mandate};
+use crate::{error::GatewayError, headers, mandate, oauth::Token, upstream::CallerBody};
 
 /// A request ready for dispatch (step 32).
 pub(crate) struct Outbound {
-    pub(crate) request: Request<Incoming>,
+    pub(crate) request: Request<CallerBody>,
 }
 
 impl Gateway {
@@ -22,7 +26,8 @@ impl Gateway {
         ctx: &mut RequestCtx,
         auth: &Authenticated,
         resolved: &Resolved,
-        req: Request<Incoming>,
+        req: Request<CallerBody>,
+        call: Option<&Call>,
     ) -> Result<ControlFlow<Refusal, Outbound>, GatewayError> {
         let binding = &resolved.binding;
         let provider = &binding.provider;
@@ -111,13 +116,16 @@ impl Gateway {
         } else {
             None
         };
-        // Step 31: the outbound request.
-        if let Some(plugin) = binding.plugins.iter().find(|p| p.hook == "injector") {
-            return Err(GatewayError::PluginFailed {
-                plugin: plugin.name.clone(),
-                cause: "the plugin host is not available".to_owned(),
-            });
-        }
+        // Step 31: the outbound request. An injector bound in mode `replace` takes the place
+        // of the built-in placement (authority §7.5).
+        let injectors = binding
+            .plugins
+            .iter()
+            .any(|p| p.hook == PluginHook::Injector);
+        let builtin = !binding
+            .plugins
+            .iter()
+            .any(|p| p.hook == PluginHook::Injector && p.mode == InjectMode::Replace);
         let (mut parts, body) = req.into_parts();
         let inbound_host = parts.headers.get(header::HOST).cloned();
         let inbound_trace = parts.headers.get("traceparent").cloned();
@@ -128,10 +136,13 @@ impl Gateway {
             Credential::ApiKey {
                 placement: KeyPlacement::Query { param },
                 key,
-            } => (Some(param.as_str()), Some((param.as_str(), key.expose()))),
+            } => (
+                Some(param.as_str()),
+                builtin.then(|| (param.as_str(), key.expose())),
+            ),
             _ => (None, None),
         };
-        let uri = headers::outbound_uri(
+        let mut uri = headers::outbound_uri(
             upstream,
             parts.uri.path(),
             parts.uri.query(),
@@ -152,34 +163,55 @@ impl Gateway {
             out.insert(name, value);
             Ok(())
         };
-        match &provider.credential {
-            Credential::None | Credential::Unavailable(_) => {}
-            Credential::OAuthClientCredentials(client) => {
-                if let Some(token) = &access_token {
-                    let value = format!("{} {}", client.scheme, token.access_token.expose());
-                    set(out, client.header.clone(), &value)?;
+        let mut placed: Option<HeaderName> = None;
+        if builtin {
+            let mut place = |out: &mut http::HeaderMap, name: HeaderName, value: &str| {
+                placed = Some(name.clone());
+                set(out, name, value)
+            };
+            match &provider.credential {
+                Credential::None | Credential::Unavailable(_) => {}
+                Credential::OAuthClientCredentials(client) => {
+                    if let Some(token) = &access_token {
+                        let value = format!("{} {}", client.scheme, token.access_token.expose());
+                        place(out, client.header.clone(), &value)?;
+                    }
                 }
-            }
-            Credential::CaracalMandate => {
-                if let Some(jwt) = &resource_mandate {
-                    set(out, header::AUTHORIZATION, &format!("Bearer {jwt}"))?;
+                Credential::CaracalMandate => {
+                    if let Some(jwt) = &resource_mandate {
+                        place(out, header::AUTHORIZATION, &format!("Bearer {jwt}"))?;
+                    }
                 }
-            }
-            Credential::ApiKey { placement, key } => {
-                if let KeyPlacement::Header { name, scheme } = placement {
-                    let value = match scheme {
-                        Some(scheme) => format!("{scheme} {}", key.expose()),
-                        None => key.expose().to_owned(),
-                    };
-                    set(out, name.clone(), &value)?;
+                Credential::ApiKey { placement, key } => {
+                    if let KeyPlacement::Header { name, scheme } = placement {
+                        let value = match scheme {
+                            Some(scheme) => format!("{scheme} {}", key.expose()),
+                            None => key.expose().to_owned(),
+                        };
+                        place(out, name.clone(), &value)?;
+                    }
                 }
+                Credential::Bearer {
+                    header: name,
+                    scheme,
+                    token,
+                } => place(out, name.clone(), &format!("{scheme} {}", token.expose()))?,
+                Credential::Basic { value } => place(out, header::AUTHORIZATION, value.expose())?,
             }
-            Credential::Bearer {
-                header: name,
-                scheme,
-                token,
-            } => set(out, name.clone(), &format!("{scheme} {}", token.expose()))?,
-            Credential::Basic { value } => set(out, header::AUTHORIZATION, value.expose())?,
+        }
+        if injectors && let Some(call) = call {
+            let credentials = Arc::new(credential_set(
+                provider,
+                access_token.as_deref(),
+                resource_mandate.as_deref(),
+            ));
+            let rules = InjectRules {
+                placed_header: placed,
+            };
+            let ops = self
+                .run_injectors(ctx, binding, call, &credentials, &rules)
+                .await?;
+            apply(ops, &credentials, out, &mut uri)?;
         }
         if provider.forward_caracal_identity
             && let Some(jwt) = &resource_mandate
@@ -225,4 +257,113 @@ impl Gateway {
             request: Request::from_parts(parts, body),
         }))
     }
+}
+
+/// The credentials an injector may name: `primary` (the provider's key, token, Basic value or
+/// access token) and `resource-mandate` (when one was minted).
+fn credential_set(
+    provider: &Provider,
+    access_token: Option<&Token>,
+    resource_mandate: Option<&str>,
+) -> CredentialSet {
+    let mut set = CredentialSet::new();
+    let mut primary = |kind: CredentialKind, value: &str| {
+        set.insert(HostCredential::new(
+            "primary",
+            kind,
+            Zeroizing::new(value.as_bytes().to_vec()),
+        ));
+    };
+    match &provider.credential {
+        Credential::ApiKey { key, .. } => primary(CredentialKind::ApiKey, key.expose()),
+        Credential::Bearer { token, .. } => primary(CredentialKind::BearerToken, token.expose()),
+        Credential::Basic { value } => {
+            let encoded = value.expose();
+            let encoded = encoded.strip_prefix("Basic ").unwrap_or(encoded);
+            primary(CredentialKind::Basic, encoded);
+        }
+        Credential::OAuthClientCredentials(_) => {
+            if let Some(token) = access_token {
+                primary(
+                    CredentialKind::OauthAccessToken,
+                    token.access_token.expose(),
+                );
+            }
+        }
+        Credential::None | Credential::CaracalMandate | Credential::Unavailable(_) => {}
+    }
+    if let Some(jwt) = resource_mandate {
+        set.insert(HostCredential::new(
+            "resource-mandate",
+            CredentialKind::ResourceMandate,
+            Zeroizing::new(jwt.as_bytes().to_vec()),
+        ));
+    }
+    set
+}
+
+/// Applies checked injector operations. Only here do credential bytes meet a header.
+fn apply(
+    ops: Vec<CheckedOp>,
+    credentials: &CredentialSet,
+    out: &mut http::HeaderMap,
+    uri: &mut Uri,
+) -> Result<(), GatewayError> {
+    let build_failed = |what: &str| GatewayError::RequestBuild(what.to_owned());
+    let secret = |handle: &str| {
+        credentials
+            .get(handle)
+            .map(HostCredential::expose)
+            .ok_or_else(|| build_failed("unknown credential handle"))
+    };
+    for op in ops {
+        match op {
+            CheckedOp::AttachHeader {
+                name,
+                handle,
+                scheme,
+            } => {
+                let bytes = secret(&handle)?;
+                let mut value = Zeroizing::new(Vec::with_capacity(bytes.len() + 16));
+                if let Some(scheme) = scheme {
+                    value.extend_from_slice(scheme.as_bytes());
+                    value.push(b' ');
+                }
+                value.extend_from_slice(bytes);
+                let mut value = HeaderValue::from_bytes(&value)
+                    .map_err(|_bad| build_failed("credential is not a header value"))?;
+                value.set_sensitive(true);
+                out.insert(name, value);
+            }
+            CheckedOp::AttachQuery { param, handle } => {
+                let value = std::str::from_utf8(secret(&handle)?)
+                    .map_err(|_bad| build_failed("credential is not text"))?;
+                *uri = append_query(uri, &param, value)?;
+            }
+            CheckedOp::SetHeader { name, value } => {
+                out.insert(name, value);
+            }
+            CheckedOp::RemoveHeader { name } => {
+                out.remove(name);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `uri` with one more query parameter, both parts percent-encoded.
+fn append_query(uri: &Uri, param: &str, value: &str) -> Result<Uri, GatewayError> {
+    let build_failed = || GatewayError::RequestBuild("upstream query".to_owned());
+    let mut path_and_query = uri
+        .path_and_query()
+        .map_or_else(|| "/".to_owned(), |pq| pq.as_str().to_owned());
+    path_and_query.push(if uri.query().is_some() { '&' } else { '?' });
+    path_and_query.push_str(
+        &form_urlencoded::Serializer::new(String::new())
+            .append_pair(param, value)
+            .finish(),
+    );
+    let mut parts = uri.clone().into_parts();
+    parts.path_and_query = Some(path_and_query.parse().map_err(|_bad| build_failed())?);
+    Uri::from_parts(parts).map_err(|_bad| build_failed())
 }

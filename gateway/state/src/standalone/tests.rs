@@ -3,9 +3,11 @@ use std::collections::HashMap;
 use base64::Engine as _;
 use control_crypto::ZoneSigningKey;
 use serde_json::json;
+use sha2::Digest as _;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 use super::*;
+use crate::plugins::{InjectMode, PluginHook, PluginState};
 
 const POLICY: &str = r#"package caracal.authz
 import rego.v1
@@ -129,6 +131,7 @@ fn a_full_file_builds_the_snapshot() {
     );
     fixture.write("keys/zone-1-signing.pem", &pem(&signing));
     fixture.write("crm-basic-password", "hunter2-from-file\n");
+    fixture.write("tagger.wasm", "not a component yet");
     let loaded = fixture
         .load(
             r#"
@@ -201,7 +204,7 @@ zone = "zone-2"
 identifier = "resource://open"
 provider = "open"
 scopes = ["open"]
-plugins = [{ name = "audit-tagger", hook = "injector" }]
+plugins = [{ name = "audit-tagger", hook = "injector", file = "tagger.wasm", mode = "replace", config = { header = "x-tag" } }]
 "#,
         )
         .unwrap();
@@ -307,13 +310,17 @@ plugins = [{ name = "audit-tagger", hook = "injector" }]
     assert!(matches!(&zone_2.policy, PolicySlot::Ready(bundle) if bundle.is_deny_all()));
     let open = zone_2.resources.get("resource://open").unwrap();
     assert!(open.upstream.is_none());
-    assert_eq!(
-        open.plugins,
-        vec![PluginRef {
-            name: "audit-tagger".to_owned(),
-            hook: "injector".to_owned()
-        }]
-    );
+    let [plugin] = open.plugins.as_slice() else {
+        panic!("one plugin expected: {:?}", open.plugins);
+    };
+    assert_eq!(plugin.name, "audit-tagger");
+    assert_eq!(plugin.hook, PluginHook::Injector);
+    assert_eq!(plugin.mode, InjectMode::Replace);
+    assert_eq!(&*plugin.config, r#"{"header":"x-tag"}"#);
+    let digest: [u8; 32] = sha2::Sha256::digest(b"not a component yet").into();
+    assert_eq!(plugin.digest, digest);
+    // Compiled and configured only by `load_plugins`: until then the binding fails closed.
+    assert!(matches!(plugin.state, PluginState::Failed(_)));
 }
 
 #[test]
@@ -369,6 +376,7 @@ fn a_secret_comes_from_a_file_without_its_trailing_newline() {
 #[test]
 fn every_bad_setting_names_its_key_in_one_line() {
     let fixture = Fixture::new();
+    fixture.write("p.wasm", "a component file");
     let cases: Vec<(String, &str)> = vec![
         (
             minimal(&fixture, "").replace(r#"kind = "api_key""#, r#"kind = "magic""#),
@@ -418,8 +426,53 @@ kind"#,
             "resources[resource://crm].enforcement",
         ),
         (
-            minimal(&fixture, r#"plugins = [{ name = "p", hook = "observer" }]"#),
+            minimal(
+                &fixture,
+                r#"plugins = [{ name = "p", hook = "observer", file = "p.wasm" }]"#,
+            ),
             "resources[resource://crm].plugins[0].hook",
+        ),
+        (
+            minimal(
+                &fixture,
+                r#"plugins = [{ name = "p", hook = "authorizer", file = "p.wasm" }, { name = "p", hook = "authorizer", file = "p.wasm" }]"#,
+            ),
+            "resources[resource://crm].plugins: p is bound twice",
+        ),
+        (
+            minimal(
+                &fixture,
+                r#"plugins = [{ name = "a", hook = "injector", file = "p.wasm", mode = "replace" }, { name = "b", hook = "injector", file = "p.wasm", mode = "replace" }]"#,
+            ),
+            "resources[resource://crm].plugins: at most one injector",
+        ),
+        (
+            minimal(
+                &fixture,
+                r#"plugins = [{ name = "p", hook = "authorizer", file = "missing.wasm" }]"#,
+            ),
+            "resources[resource://crm].plugins[0].file",
+        ),
+        (
+            minimal(
+                &fixture,
+                r#"plugins = [{ name = "p", hook = "authorizer", file = "p.wasm", mode = "replace" }]"#,
+            ),
+            "resources[resource://crm].plugins[0].mode",
+        ),
+        (
+            minimal(
+                &fixture,
+                r#"plugins = [{ name = "P!", hook = "authorizer", file = "p.wasm" }]"#,
+            ),
+            "resources[resource://crm].plugins[0].name",
+        ),
+        (
+            minimal(
+                &fixture,
+                r#"plugins = [{ name = "p", hook = "authorizer", file = "p.wasm", deadline_ms = 0 }]"#,
+            ),
+            "resources[resource://crm].plugins[0].deadline_ms",
         ),
         (
             minimal(&fixture, "").replace(

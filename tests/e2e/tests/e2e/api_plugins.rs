@@ -1,8 +1,9 @@
 //! The admin API's resource plugin bindings (`/v1/zones/{z}/resources/{id}/plugins`) against
 //! real Postgres and Redis: ordered replacement, kept binding ids, every refusal code, tokens
 //! and zones, the admin audit row (configuration key names only), and the binding revision
-//! bump whose invalidation the woken dispatcher publishes. Plugins are inserted directly:
-//! uploading them is not part of this area.
+//! bump whose invalidation the woken dispatcher publishes. Plugins are inserted directly (real
+//! components, since a PUT runs each plugin's `configure`); their upload is tested in
+//! `plugins_admin`.
 
 use std::sync::Mutex;
 
@@ -104,9 +105,23 @@ impl Api {
         (zone, resource)
     }
 
-    /// Inserts a plugin of `world` into `zone` (any bytes; the digest is theirs).
+    /// Inserts a plugin of `world` into `zone`: a real component (bindings run its
+    /// `configure`), `fixture-allow` or `fixture-echo-injector`, with a custom section naming
+    /// the row so that every row has its own digest.
     async fn plugin(&self, zone: &str, name: &str, world: &str, archived: bool) -> String {
         let id = format!("plg-{}", uuid::Uuid::now_v7());
+        let path = match world {
+            "authorizer" => tests_fixtures::FIXTURE_ALLOW,
+            _ => tests_fixtures::FIXTURE_ECHO_INJECTOR,
+        };
+        let mut component = tests_fixtures::read(path).unwrap();
+        // Custom section (id 0): size, then the name `caracal-test` and the row id as payload.
+        let mut section = vec![12u8];
+        section.extend_from_slice(b"caracal-test");
+        section.extend_from_slice(id.as_bytes());
+        component.push(0);
+        component.push(u8::try_from(section.len()).unwrap());
+        component.extend_from_slice(&section);
         sqlx::query(
             "INSERT INTO caracal.gateway_plugins \
                (id, zone_id, name, world, component_sha256, component, archived_at) \
@@ -116,7 +131,7 @@ impl Api {
         .bind(zone)
         .bind(name)
         .bind(world)
-        .bind(id.as_bytes())
+        .bind(&component)
         .bind(archived)
         .execute(&mut self.db.admin().await.unwrap())
         .await
@@ -275,9 +290,10 @@ async fn bindings_replace_the_ordered_list_and_keep_ids_while_a_plugin_stays_bou
             Some(json!({"bindings": [
                 {"plugin_id": a1, "hook": "authorizer"},
                 {"plugin_id": i1, "hook": "injector", "mode": "replace",
-                 "config": {"header": "X-Signature", "key_ref": CONFIG_VALUES[0]}},
-                {"plugin_id": a2, "hook": "authorizer", "config": {"window": CONFIG_VALUES[1]},
-                 "deadline_ms": 1000, "memory_limit_bytes": 65536, "enabled": false},
+                 "config": {"digest": true}},
+                {"plugin_id": a2, "hook": "authorizer",
+                 "config": {"key_ref": CONFIG_VALUES[0], "window": CONFIG_VALUES[1]},
+                 "deadline_ms": 1000, "memory_limit_bytes": 4194304, "enabled": false},
                 {"plugin_id": i2, "hook": "injector"},
             ]})),
             200,
@@ -326,14 +342,17 @@ async fn bindings_replace_the_ordered_list_and_keep_ids_while_a_plugin_stays_bou
         ]
     );
     let b_a2 = binding_of(&first, &a2);
-    assert_eq!(b_a2["config"], json!({"window": CONFIG_VALUES[1]}));
+    assert_eq!(
+        b_a2["config"],
+        json!({"key_ref": CONFIG_VALUES[0], "window": CONFIG_VALUES[1]})
+    );
     assert_eq!(
         (
             &b_a2["deadline_ms"],
             &b_a2["memory_limit_bytes"],
             &b_a2["enabled"]
         ),
-        (&json!(1000), &json!(65536), &json!(false))
+        (&json!(1000), &json!(4_194_304), &json!(false))
     );
     assert_eq!(binding_of(&first, &i1)["world"], "credential-injector");
     assert_eq!(api.ok("GET", &path, None, 200).await, first);
@@ -347,9 +366,10 @@ async fn bindings_replace_the_ordered_list_and_keep_ids_while_a_plugin_stays_bou
             &path,
             Some(json!({"bindings": [
                 {"plugin_id": i1, "hook": "injector", "mode": "replace",
-                 "config": {"header": "X-Signature", "key_ref": CONFIG_VALUES[0]}},
-                {"plugin_id": a2, "hook": "authorizer", "config": {"window": CONFIG_VALUES[1]},
-                 "deadline_ms": 1000, "memory_limit_bytes": 65536, "enabled": false},
+                 "config": {"digest": true}},
+                {"plugin_id": a2, "hook": "authorizer",
+                 "config": {"key_ref": CONFIG_VALUES[0], "window": CONFIG_VALUES[1]},
+                 "deadline_ms": 1000, "memory_limit_bytes": 4194304, "enabled": false},
                 {"plugin_id": a1, "hook": "authorizer", "enabled": true},
             ]})),
             200,
@@ -420,7 +440,7 @@ async fn bindings_replace_the_ordered_list_and_keep_ids_while_a_plugin_stays_bou
         payload["bindings"][1],
         json!({"plugin_id": i1, "hook": "injector", "position": 0, "mode": "replace",
                "deadline_ms": 5, "memory_limit_bytes": 16_777_216, "enabled": true,
-               "config_keys": ["header", "key_ref"]})
+               "config_keys": ["digest"]})
     );
     assert_eq!(audit[1].3["removed_plugin_ids"], json!([i2]));
     assert_eq!(audit[3].3["removed_plugin_ids"], json!([i2]));

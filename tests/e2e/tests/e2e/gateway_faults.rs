@@ -312,6 +312,9 @@ async fn an_allowed_call_a_replay_and_an_unauthenticated_call_in_the_audit_strea
     assert_eq!(m["auth_mode"], "none", "{m}");
     assert_eq!(m["upstream_host"], "127.0.0.1", "{m}");
     assert_eq!(m["revocation_interrupted"], false, "{m}");
+    // The whole response was delivered: not a cancelled client, and every byte counted.
+    assert!(m.get("error_kind").is_none(), "{m}");
+    assert!(m["response_bytes"].as_u64().is_some_and(|n| n > 0), "{m}");
     assert!(m["latency_ms"].is_u64(), "{m}");
     let fingerprint = m["subject_fingerprint"].as_str().unwrap_or_default();
     assert!(
