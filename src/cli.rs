@@ -41,6 +41,13 @@ enum Command {
     /// CARACAL_ADMIN_TOKEN (or CARACAL_ADMIN_TOKEN_FILE), CARACAL_API_ADDR and the settings
     /// in docs/operations/api.md.
     Api,
+    /// Run the Coordinator (default port 4000): agent sessions, delegations, cascading
+    /// revocation.
+    ///
+    /// Reads DATABASE_URL (as caracal_coordinator), REDIS_URL, ISSUER_URL, CARACAL_STS_URL,
+    /// STREAMS_HMAC_KEY, CARACAL_COORDINATOR_TOKEN (or CARACAL_COORDINATOR_TOKEN_FILE),
+    /// CARACAL_COORDINATOR_ADDR and the settings in docs/operations/coordinator.md.
+    Coordinator,
     /// Run the gateway (default port 8081): the governed reverse proxy.
     ///
     /// Reads DATABASE_URL (as caracal_gateway), REDIS_URL, ZONE_KEK, ISSUER_URL,
@@ -79,7 +86,7 @@ impl Cli {
     /// `info` for long-running roles, `warn` for operator commands.
     pub(crate) fn default_log_filter(&self) -> &'static str {
         match self.command {
-            Command::Sts | Command::Api | Command::Gateway { .. } => "info",
+            Command::Sts | Command::Api | Command::Coordinator | Command::Gateway { .. } => "info",
             Command::Migrate { .. } | Command::Keys { .. } => "warn",
         }
     }
@@ -98,6 +105,7 @@ pub(crate) async fn run(cli: Cli) -> ExitCode {
         }
         Command::Sts => run_sts().await,
         Command::Api => run_api().await,
+        Command::Coordinator => run_coordinator().await,
         Command::Gateway { config } => match config {
             Some(file) => run_standalone_gateway(&file).await,
             None => run_gateway().await,
@@ -126,6 +134,16 @@ async fn run_api() -> Result<ExitStatus, OpsError> {
     let config = control_api::ApiConfig::from_lookup(&process_env)
         .map_err(|e| OpsError::Config(e.to_string()))?;
     control_api::run(config, &process_env, shutdown_signal())
+        .await
+        .map_err(|e| OpsError::Unreachable(e.to_string()))?;
+    Ok(ExitStatus::Success)
+}
+
+/// Starts the Coordinator and serves until SIGINT or SIGTERM.
+async fn run_coordinator() -> Result<ExitStatus, OpsError> {
+    let config = control_coordinator::CoordinatorConfig::from_lookup(&process_env)
+        .map_err(|e| OpsError::Config(e.to_string()))?;
+    control_coordinator::run(config, &process_env, shutdown_signal())
         .await
         .map_err(|e| OpsError::Unreachable(e.to_string()))?;
     Ok(ExitStatus::Success)

@@ -98,6 +98,52 @@ class Delegated:
     edge_ttl_cap: int | None
 
 
+@dataclass(frozen=True)
+class CoordinatorEnv:
+    """The Coordinator under test and the application that drives it (group `coordinator`)."""
+
+    url: str
+    operator_token: str
+    app_id: str
+    app_secret: str
+    resource: str
+    # The scopes the application's role grants on `resource`; the first is the narrowed
+    # slice a child receives, the others are what the narrowing withholds.
+    scopes: list[str]
+    # Session labels that carry that role in the zone's grants document.
+    labels: list[str]
+    # A session mandate of another zone, signed with a key the STS publishes for it, whose
+    # scope lacks agent:lifecycle.
+    no_lifecycle_token: str
+
+
+@dataclass(frozen=True)
+class CoordinatorRevokeEnv:
+    """A throwaway application whose authority the subject kill switch revokes (group
+    `coordinator_revoke`)."""
+
+    app_id: str
+    app_secret: str
+    resource: str
+
+
+@dataclass(frozen=True)
+class GatewayEnv:
+    """The gateway under test and the declared operation of the coordinator resource."""
+
+    url: str
+    path: str
+    upstream_path: str
+
+
+@dataclass(frozen=True)
+class StreamsEnv:
+    """The Redis the Coordinator publishes its revocation streams to, and their HMAC key."""
+
+    redis_url: str
+    hmac_key: bytes
+
+
 # --- JWT inspection ---------------------------------------------------------------------
 
 
@@ -176,6 +222,24 @@ def assert_error_body(
     assert rid, "X-Request-Id response header missing"
     assert body.get("requestId") == rid, f"requestId {body.get('requestId')!r} != X-Request-Id {rid!r}"
     return body
+
+
+def coordinator_call(
+    base_url: str,
+    method: str,
+    path: str,
+    bearer: str | None,
+    *,
+    json_body: dict | None = None,
+    headers: dict[str, str] | None = None,
+) -> httpx.Response:
+    """One raw Coordinator request (the library hides statuses and headers); `bearer=None`
+    sends no Authorization header."""
+    sent = dict(headers or {})
+    if bearer is not None:
+        sent["authorization"] = f"Bearer {bearer}"
+    with httpx.Client(timeout=HTTP_TIMEOUT) as client:
+        return client.request(method, base_url.rstrip("/") + path, json=json_body, headers=sent)
 
 
 # --- local OIDC issuer for federation ---------------------------------------------------

@@ -10,7 +10,17 @@ from dataclasses import dataclass
 import pytest
 from caracalai_oauth import ClientCredentials, ClientSecretExchanger
 
-from conformance_support import Core, Delegated, env_values, opt, scope_list
+from conformance_support import (
+    Core,
+    CoordinatorEnv,
+    CoordinatorRevokeEnv,
+    Delegated,
+    GatewayEnv,
+    StreamsEnv,
+    env_values,
+    opt,
+    scope_list,
+)
 
 
 @pytest.fixture(scope="session")
@@ -202,6 +212,94 @@ def admin_client(admin_env: Admin):
     from caracalai_admin import AdminClient
 
     client = AdminClient(api_url=admin_env.api_url, admin_token=admin_env.token)
+    try:
+        yield client
+    finally:
+        close = getattr(client, "close", None)
+        if callable(close):
+            close()
+
+
+@pytest.fixture(scope="session")
+def coordinator(core: Core) -> CoordinatorEnv:
+    v = env_values(
+        "coordinator",
+        [
+            "CONFORMANCE_COORDINATOR_URL",
+            "CONFORMANCE_COORDINATOR_TOKEN",
+            "CONFORMANCE_COORDINATOR_APP_ID",
+            "CONFORMANCE_COORDINATOR_APP_SECRET",
+            "CONFORMANCE_COORDINATOR_RESOURCE",
+            "CONFORMANCE_COORDINATOR_SCOPES",
+            "CONFORMANCE_COORDINATOR_LABELS",
+            "CONFORMANCE_COORDINATOR_NO_LIFECYCLE_TOKEN",
+        ],
+    )
+    scopes = scope_list(v["CONFORMANCE_COORDINATOR_SCOPES"])
+    if len(scopes) < 2:
+        pytest.fail("CONFORMANCE_COORDINATOR_SCOPES needs at least two scopes", pytrace=False)
+    return CoordinatorEnv(
+        url=v["CONFORMANCE_COORDINATOR_URL"].rstrip("/"),
+        operator_token=v["CONFORMANCE_COORDINATOR_TOKEN"],
+        app_id=v["CONFORMANCE_COORDINATOR_APP_ID"],
+        app_secret=v["CONFORMANCE_COORDINATOR_APP_SECRET"],
+        resource=v["CONFORMANCE_COORDINATOR_RESOURCE"],
+        scopes=scopes,
+        labels=scope_list(v["CONFORMANCE_COORDINATOR_LABELS"]),
+        no_lifecycle_token=v["CONFORMANCE_COORDINATOR_NO_LIFECYCLE_TOKEN"],
+    )
+
+
+@pytest.fixture(scope="session")
+def coordinator_revoke(coordinator: CoordinatorEnv) -> CoordinatorRevokeEnv:
+    v = env_values(
+        "coordinator_revoke",
+        [
+            "CONFORMANCE_COORDINATOR_REVOKE_APP_ID",
+            "CONFORMANCE_COORDINATOR_REVOKE_APP_SECRET",
+            "CONFORMANCE_COORDINATOR_REVOKE_RESOURCE",
+        ],
+    )
+    return CoordinatorRevokeEnv(
+        app_id=v["CONFORMANCE_COORDINATOR_REVOKE_APP_ID"],
+        app_secret=v["CONFORMANCE_COORDINATOR_REVOKE_APP_SECRET"],
+        resource=v["CONFORMANCE_COORDINATOR_REVOKE_RESOURCE"],
+    )
+
+
+@pytest.fixture(scope="session")
+def gateway(coordinator: CoordinatorEnv) -> GatewayEnv:
+    v = env_values("gateway", ["CONFORMANCE_GATEWAY_URL", "CONFORMANCE_GATEWAY_PATH"])
+    path = v["CONFORMANCE_GATEWAY_PATH"]
+    return GatewayEnv(
+        url=v["CONFORMANCE_GATEWAY_URL"].rstrip("/"),
+        path=path,
+        upstream_path=opt("CONFORMANCE_GATEWAY_UPSTREAM_PATH", path),
+    )
+
+
+@pytest.fixture(scope="session")
+def streams(coordinator: CoordinatorEnv) -> StreamsEnv:
+    v = env_values("streams", ["CONFORMANCE_STREAMS_REDIS_URL", "CONFORMANCE_STREAMS_HMAC_KEY"])
+    return StreamsEnv(
+        redis_url=v["CONFORMANCE_STREAMS_REDIS_URL"],
+        hmac_key=bytes.fromhex(v["CONFORMANCE_STREAMS_HMAC_KEY"]),
+    )
+
+
+@pytest.fixture
+def operator(core: Core, coordinator: CoordinatorEnv):
+    """The real caracalai-admin 1.0 AdminClient for the Coordinator's operator views (its
+    session and delegation reads go to the Coordinator with the operator token; its API
+    base is unused by them), closed afterwards."""
+    from caracalai_admin import AdminClient
+
+    client = AdminClient(
+        api_url=opt("CONFORMANCE_API_URL", coordinator.url),
+        admin_token=opt("CONFORMANCE_ADMIN_TOKEN", coordinator.operator_token),
+        coordinator_url=coordinator.url,
+        coordinator_token=coordinator.operator_token,
+    )
     try:
         yield client
     finally:

@@ -26,32 +26,12 @@ impl Metrics {
             ("caracal_api_requests_total", "counter", get(&self.requests)),
             ("caracal_api_refusals_total", "counter", get(&self.refusals)),
             ("caracal_api_errors_total", "counter", get(&self.errors)),
-            ("caracal_api_outbox_pending", "gauge", outbox.pending),
-            ("caracal_api_outbox_dead", "gauge", outbox.dead_total),
-            (
-                "caracal_api_outbox_oldest_pending_age_seconds",
-                "gauge",
-                outbox.oldest_pending_age_secs,
-            ),
-            (
-                "caracal_api_outbox_publish_latency_ms",
-                "gauge",
-                outbox.last_publish_latency_ms,
-            ),
-            (
-                "caracal_api_outbox_published_total",
-                "counter",
-                outbox.published,
-            ),
-            (
-                "caracal_api_outbox_retries_total",
-                "counter",
-                outbox.retries,
-            ),
         ];
-        lines
+        let mut text: String = lines
             .iter()
             .map(|(name, kind, value)| format!("# TYPE {name} {kind}\n{name} {value}\n"))
-            .collect()
+            .collect();
+        text.push_str(&control_events::outbox::metric_lines("caracal_api", outbox));
+        text
     }
 }

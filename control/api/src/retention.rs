@@ -6,12 +6,10 @@
 
 use std::time::Duration;
 
-use control_store::outbox::{self, Finished, OutboxTable};
+use control_events::outbox::{Retention, purge_finished, run_retention};
+use control_store::outbox::OutboxTable;
 use sqlx::PgPool;
 use tokio::sync::watch;
-
-/// Rows deleted per statement.
-const BATCH: i64 = 1000;
 
 /// Retention settings.
 #[derive(Debug, Clone, Copy)]
@@ -24,46 +22,28 @@ pub struct RetentionConfig {
     pub interval: Duration,
 }
 
-/// One sweep: returns how many rows of each kind were deleted.
-pub async fn sweep(pool: &PgPool, config: &RetentionConfig) -> Result<(u64, u64), sqlx::Error> {
-    let mut totals = (0, 0);
-    for (finished, keep) in [
-        (Finished::Published, config.published),
-        (Finished::Dead, config.dead),
-    ] {
-        let keep = chrono::Duration::from_std(keep).unwrap_or(chrono::Duration::MAX);
-        let cutoff = chrono::Utc::now()
-            .checked_sub_signed(keep)
-            .unwrap_or(chrono::DateTime::<chrono::Utc>::MIN_UTC);
-        loop {
-            let mut conn = pool.acquire().await?;
-            let deleted =
-                outbox::purge(&mut conn, OutboxTable::Event, finished, cutoff, None, BATCH).await?;
-            match finished {
-                Finished::Published => totals.0 += deleted,
-                Finished::Dead => totals.1 += deleted,
-            }
-            if deleted < u64::try_from(BATCH).unwrap_or(u64::MAX) {
-                break;
-            }
+impl RetentionConfig {
+    fn retention(&self) -> Retention {
+        Retention {
+            published: self.published,
+            dead: self.dead,
         }
     }
-    Ok(totals)
+}
+
+/// One sweep: returns how many rows of each kind were deleted.
+pub async fn sweep(pool: &PgPool, config: &RetentionConfig) -> Result<(u64, u64), sqlx::Error> {
+    purge_finished(pool, OutboxTable::Event, config.retention()).await
 }
 
 /// Sweeps until `shutdown`.
-pub async fn run(pool: PgPool, config: RetentionConfig, mut shutdown: watch::Receiver<bool>) {
-    loop {
-        match sweep(&pool, &config).await {
-            Ok((0, 0)) => {}
-            Ok((published, dead)) => {
-                tracing::info!(published, dead, "outbox retention deleted finished rows");
-            }
-            Err(error) => tracing::warn!(%error, "outbox retention sweep failed; retrying later"),
-        }
-        tokio::select! {
-            () = tokio::time::sleep(config.interval) => {}
-            _ = shutdown.changed() => return,
-        }
-    }
+pub async fn run(pool: PgPool, config: RetentionConfig, shutdown: watch::Receiver<bool>) {
+    run_retention(
+        pool,
+        OutboxTable::Event,
+        config.retention(),
+        config.interval,
+        shutdown,
+    )
+    .await;
 }

@@ -5,7 +5,6 @@ use std::{net::IpAddr, sync::Arc};
 
 use http::{Method, Request, Response, header};
 use hyper::body::Incoming;
-use serde_json::json;
 
 use crate::{
     areas::{
@@ -272,14 +271,6 @@ fn find<'a>(
         Err(wrong_method())
     } else {
         Err(no_route())
-    }
-}
-
-/// `{"ok":true,"ready":true}`.
-pub fn ready_body(ok: bool, reason: Option<&str>) -> serde_json::Value {
-    match reason {
-        None => json!({"ok": ok, "ready": ok}),
-        Some(reason) => json!({"ok": ok, "ready": ok, "reason": reason}),
     }
 }
 

@@ -10,6 +10,8 @@
 //!   audit slots reserved at admission, the batching writer with its Redis
 //!   circuit, fsynced NDJSON replay segments, their crash recovery and
 //!   quarantine, and the continuous replayer;
+//! - the revocation cascades of authority §2.5 and the messages announcing them, shared by
+//!   the admin API and the Coordinator ([`cascade`], storage §7.2);
 //! - the transactional-outbox dispatcher shared by every producing role
 //!   ([`outbox`], §7): claim with a lease, encode and sign, one `XADD`
 //!   pipeline, per-row record with backoff, `dead` rows after repeated
@@ -34,6 +36,7 @@
 //! [`outbox::Dispatcher::dispatch_once`] for the outbox.
 
 pub mod audit;
+pub mod cascade;
 pub mod fanout;
 pub mod outbox;
 pub mod presence;

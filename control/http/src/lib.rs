@@ -6,6 +6,9 @@
 //! - [`respond`]: JSON and empty responses, the `X-Request-Id` header.
 //! - [`request_id`]: the inbound request id kept or a UUIDv7 generated (wire-contract §1.3).
 //! - [`read_body`]: a request body collected under a byte limit.
+//! - [`problem::Problem`]: the refusal body of the admin API and the Coordinator.
+//! - [`jwks`]: public key sets, parsed and fetched.
+//! - [`strict`]: JSON bodies read strictly, keyset pages and their cursors.
 //!
 //! Nothing here decides a status or an error code: each role maps its own outcomes in one
 //! place and hands this crate a finished response.
@@ -20,7 +23,10 @@ use hyper::{body::Incoming, service::service_fn};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::{net::TcpListener, sync::watch};
 
+pub mod jwks;
+pub mod problem;
 pub mod respond;
+pub mod strict;
 
 pub use respond::Body;
 

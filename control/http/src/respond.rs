@@ -36,6 +36,31 @@ pub fn empty(status: u16) -> Response<Body> {
     response
 }
 
+/// `/ready`: 200 `{"ok":true,"ready":true}`, or 503 `{"ok":false,"ready":false,"reason":…}`
+/// (wire-contract §1.1).
+pub fn ready(not_ready: Option<&str>) -> Response<Body> {
+    match not_ready {
+        None => json(200, &serde_json::json!({"ok": true, "ready": true})),
+        Some(reason) => json(
+            503,
+            &serde_json::json!({"ok": false, "ready": false, "reason": reason}),
+        ),
+    }
+}
+
+/// Whether `headers` carry `Authorization: Bearer <expected>` (scheme case-insensitive),
+/// compared in constant time.
+pub fn bearer_matches(headers: &http::HeaderMap, expected: &str) -> bool {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_at_checked(7))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer "))
+        .is_some_and(|(_, token)| {
+            control_crypto::ct_eq(token.trim().as_bytes(), expected.as_bytes())
+        })
+}
+
 /// Sets `X-Request-Id` (every response carries it, errors included).
 pub fn with_request_id(mut response: Response<Body>, request_id: &str) -> Response<Body> {
     if let Ok(value) = HeaderValue::from_str(request_id) {

@@ -97,6 +97,43 @@ pub struct MandateClaims {
     pub delegation_graph_epoch: i64,
 }
 
+/// The leeway on `exp`, and the future skew allowed on `iat`, of a presented session mandate.
+pub const SESSION_LEEWAY_SECONDS: i64 = 60;
+
+/// Whether a verified claim set is a `use=session` mandate of `zone` issued by `issuer` and
+/// valid at `now` (unix seconds): `iss` equal to `issuer`, `aud` holding it (an array, or a
+/// string equal to it), `exp` and `iat` within [`SESSION_LEEWAY_SECONDS`], `zone_id` and
+/// `use`. The STS (subject tokens, subject approval decisions) and the Coordinator (bearers)
+/// accept exactly these.
+pub fn is_session_mandate(
+    claims: &serde_json::Map<String, serde_json::Value>,
+    issuer: &str,
+    zone: &str,
+    now: i64,
+) -> bool {
+    use serde_json::Value;
+    let text = |name: &str| claims.get(name).and_then(Value::as_str);
+    let audience_ok = match claims.get("aud") {
+        Some(Value::Array(aud)) => aud.iter().any(|a| a.as_str() == Some(issuer)),
+        Some(Value::String(aud)) => aud == issuer,
+        _ => false,
+    };
+    let exp_ok = claims
+        .get("exp")
+        .and_then(Value::as_i64)
+        .is_some_and(|exp| exp.saturating_add(SESSION_LEEWAY_SECONDS) > now);
+    let iat_ok = claims
+        .get("iat")
+        .and_then(Value::as_i64)
+        .is_some_and(|iat| iat <= now.saturating_add(SESSION_LEEWAY_SECONDS));
+    text("iss") == Some(issuer)
+        && audience_ok
+        && exp_ok
+        && iat_ok
+        && text("zone_id") == Some(zone)
+        && text("use") == Some("session")
+}
+
 fn is_zero(v: &u32) -> bool {
     *v == 0
 }

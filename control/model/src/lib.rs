@@ -14,9 +14,12 @@ pub mod authority;
 mod catalog;
 mod claims;
 mod ids;
+pub mod page;
 mod request_id;
 
 pub use catalog::{Denial, ErrorCode};
-pub use claims::{ChainLink, MandateClaims, MandateUse, SubType};
+pub use claims::{
+    ChainLink, MandateClaims, MandateUse, SESSION_LEEWAY_SECONDS, SubType, is_session_mandate,
+};
 pub use ids::{InvalidId, ZoneId};
 pub use request_id::RequestId;

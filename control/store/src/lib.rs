@@ -19,7 +19,7 @@
 //! time and exercised by a test against real Postgres.
 //!
 //! Query modules ([`applications`], [`approvals`], [`authority_records`], [`signing_keys`], [`policy_sets`],
-//! [`outbox`], [`delegation`], [`resources`]) each own the SQL of one part of the schema; every function
+//! [`outbox`], [`delegation`], [`resources`], [`cascade`], [`coordinator`]) each own the SQL of one part of the schema; every function
 //! takes the connection of a transaction the caller opened with [`zone::zone_tx`] or
 //! [`zone::cross_zone_read`].
 //!
@@ -29,6 +29,8 @@ pub mod admin;
 pub mod applications;
 pub mod approvals;
 pub mod authority_records;
+pub mod cascade;
+pub mod coordinator;
 pub mod delegation;
 mod error;
 pub mod gateway;

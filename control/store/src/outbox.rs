@@ -52,10 +52,12 @@ pub struct BatchMessage {
     pub payload: serde_json::Value,
 }
 
-/// Enqueues `messages` on `topic` for producer `producer` in one statement (storage §7.2:
-/// `ON CONFLICT … DO NOTHING` on the dedupe key); returns how many rows were new.
+/// Enqueues `messages` on `topic` for producer `producer` into `table` in one statement
+/// (storage §7.2: `ON CONFLICT … DO NOTHING` on the dedupe key); returns how many rows were
+/// new.
 pub async fn enqueue_batch(
     conn: &mut PgConnection,
+    table: OutboxTable,
     producer: &str,
     zone_id: &str,
     topic: &str,
@@ -71,22 +73,17 @@ pub async fn enqueue_batch(
         .collect();
     let keys: Vec<&str> = messages.iter().map(|m| m.dedupe_key.as_str()).collect();
     let payloads: Vec<serde_json::Value> = messages.iter().map(|m| m.payload.clone()).collect();
-    Ok(sqlx::query(
-        "INSERT INTO event_outbox (id, producer, zone_id, topic, dedupe_key, payload_json, request_id) \
-         SELECT m.id, $4, $5, $6, m.dedupe_key, m.payload, $7 \
-           FROM unnest($1::text[], $2::text[], $3::jsonb[]) AS m(id, dedupe_key, payload) \
-         ON CONFLICT (producer, topic, dedupe_key) WHERE dedupe_key IS NOT NULL DO NOTHING",
-    )
-    .bind(&ids)
-    .bind(&keys)
-    .bind(&payloads)
-    .bind(producer)
-    .bind(zone_id)
-    .bind(topic)
-    .bind(request_id)
-    .execute(conn)
-    .await?
-    .rows_affected())
+    Ok(sqlx::query(table.sql().insert_batch)
+        .bind(&ids)
+        .bind(&keys)
+        .bind(&payloads)
+        .bind(producer)
+        .bind(zone_id)
+        .bind(topic)
+        .bind(request_id)
+        .execute(conn)
+        .await?
+        .rows_affected())
 }
 
 /// Announces a zone signing-key change on `caracal.keys.invalidate` (storage §6.1) in the
@@ -161,6 +158,7 @@ impl OutboxTable {
 
 /// The statements of one table, built from string literals at compile time.
 struct Statements {
+    insert_batch: &'static str,
     claim: &'static str,
     published: &'static str,
     retry: &'static str,
@@ -173,6 +171,13 @@ struct Statements {
 macro_rules! outbox_statements {
     ($table:literal) => {
         Statements {
+            insert_batch: concat!(
+                "INSERT INTO caracal.", $table, " \
+                        (id, producer, zone_id, topic, dedupe_key, payload_json, request_id) \
+                 SELECT m.id, $4, $5, $6, m.dedupe_key, m.payload, $7 \
+                   FROM unnest($1::text[], $2::text[], $3::jsonb[]) AS m(id, dedupe_key, payload) \
+                 ON CONFLICT (producer, topic, dedupe_key) WHERE dedupe_key IS NOT NULL DO NOTHING"
+            ),
             // §7.3: one autocommit statement; the lease makes a crashed worker's rows
             // claimable again once it expires.
             claim: concat!(

@@ -54,14 +54,7 @@ pub(crate) async fn ready(state: &Sts) -> http::Response<Body> {
 /// Metrics behind `METRICS_BEARER`; open without one only in dev mode.
 pub(crate) fn metrics(state: &Sts, req: &Request<Incoming>, as_json: bool) -> http::Response<Body> {
     let authorized = match &state.config.metrics_bearer {
-        Some(expected) => req
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .is_some_and(|presented| {
-                control_crypto::ct_eq(presented.as_bytes(), expected.as_bytes())
-            }),
+        Some(expected) => control_http::respond::bearer_matches(req.headers(), expected),
         None => state.config.mode == Mode::Dev,
     };
     if !authorized {

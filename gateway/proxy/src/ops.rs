@@ -70,14 +70,7 @@ async fn ready(gateway: &Arc<Gateway>, request_id: &str) -> Response<ProxyBody> 
 }
 
 fn bearer_matches(req: &Request<Incoming>, expected: &str) -> bool {
-    req.headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split_at_checked(7))
-        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer "))
-        .is_some_and(|(_, token)| {
-            control_crypto::ct_eq(token.trim().as_bytes(), expected.as_bytes())
-        })
+    control_http::respond::bearer_matches(req.headers(), expected)
 }
 
 /// Metrics behind `METRICS_BEARER`; open without one only in dev mode.

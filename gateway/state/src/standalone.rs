@@ -92,7 +92,7 @@ pub struct Standalone {
     /// Keys fetched from each zone's `jwks_url` (zone → kid → key); a failed fetch keeps
     /// the zone's previous set.
     fetched: ArcSwap<HashMap<String, HashMap<String, PublicKey>>>,
-    jwks: Option<keys::JwksClient>,
+    jwks: Option<control_http::jwks::JwksClient>,
     refreshing: tokio::sync::Mutex<()>,
     /// Component bytes by digest, dropped once [`Standalone::load_plugins`] compiled them.
     components: HashMap<[u8; 32], Vec<u8>>,
@@ -593,7 +593,7 @@ impl Ctx<'_> {
         }
 
         let jwks = if zones.values().any(|zone| zone.jwks_url.is_some()) {
-            Some(keys::JwksClient::new())
+            Some(control_http::jwks::JwksClient::new())
         } else {
             None
         };

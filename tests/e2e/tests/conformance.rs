@@ -1,7 +1,7 @@
 //! Conformance: the real Caracal 1.0 Python clients (`caracalai-*` 1.0.0, Python 3.12)
-//! against a real `caracal sts`, provisioned here in Postgres. Runs
-//! `tests/conformance/run.sh` with the variables its README lists and requires every group
-//! this server implements, so a wiring mistake cannot pass as a skip.
+//! against a real `caracal sts`, admin API, Coordinator and gateway, provisioned here in
+//! Postgres. Runs `tests/conformance/run.sh` with the variables its README lists and requires
+//! every group this server implements, so a wiring mistake cannot pass as a skip.
 //!
 //! Run with `make conformance` (it builds the venv); `make test` skips it.
 
@@ -13,23 +13,43 @@
 
 use std::process::Command;
 
-use tests_harness::{TestDb, provision::Provision, sts::StsFixture};
+use tests_harness::{
+    TestDb,
+    coordinator::{CoordinatorFixture, session_claims},
+    gateway::{GatewayFixture, TestSigner},
+    provision::Provision,
+    sts::StsFixture,
+    upstream::Upstream,
+};
 
 const POLICY: &str = r#"package caracal.authz
 import rego.v1
 # caracal:data-document
-app_ids := {"agent": "agent-app", "child": "child-app"}
+app_ids := {"agent": "agent-app", "child": "child-app", "coord": "coord-app", "revoked": "coord-revoke-app"}
 grants := {
   "resource://crm": {"application": "agent", "roles": {"reader": ["crm:read"]}},
-  "resource://reports": {"application": "child", "roles": {"analyst": ["reports:read", "reports:write"]}}
+  "resource://reports": {"application": "child", "roles": {"analyst": ["reports:read", "reports:write"]}},
+  "resource://tickets": {"application": "coord", "roles": {"worker": ["tickets:read", "tickets:write"]}},
+  "resource://probe": {"application": "revoked", "roles": {"worker": ["probe:read"]}}
 }
 risk := [{"scope": "reports:write", "tier": "high"}]
 approval_tiers := [{"tier": "high", "approver": "operator"}]
 "#;
 
 /// The groups this server implements.
-const REQUIRED_GROUPS: &str =
-    "core,delegated,zone,control,ratelimit,unavailable,approval,federation,admin";
+const REQUIRED_GROUPS: &str = concat!(
+    "core,delegated,zone,control,ratelimit,unavailable,approval,federation,admin,",
+    "coordinator,coordinator_revoke,gateway,streams"
+);
+
+/// The Coordinator's Redis database (the gateway's too, so it reads what the Coordinator's
+/// outbox publishes). Not the STS's: a live gateway there would hold the admin tests'
+/// activations at `waiting_for_sts` until it reports them.
+const COORDINATOR_REDIS_DB: u8 = 12;
+
+/// The operation the Coordinator scenario calls through the gateway (declared on
+/// `resource://tickets` with scope `tickets:read`).
+const GATEWAY_PATH: &str = "/items";
 
 /// `audience` of the zone's subject issuer (the Python test signs id_tokens for it).
 const FEDERATION_AUDIENCE: &str = "conformance-audience";
@@ -44,10 +64,17 @@ async fn conformance_python_clients_against_the_sts() -> anyhow::Result<()> {
     };
     let federation_issuer = format!("http://127.0.0.1:{federation_port}");
     let ratelimit_app = format!("ratelimit-{}", uuid::Uuid::new_v4().simple());
+    // The upstream behind `resource://tickets`, reached through the gateway.
+    let upstream = Upstream::start().await?;
+    // Zone `signed` holds only a key the test signs with, so it can present the Coordinator a
+    // valid session mandate whose scope lacks `agent:lifecycle` (no mint yields one).
+    let signer;
     {
         let mut p = Provision::open(&db).await?;
         p.zone("acme").await?;
         p.zone("other").await?;
+        p.zone("signed").await?;
+        signer = TestSigner::insert(p.conn(), "signed").await?;
         p.application("acme", "agent-app", "agent-secret", &[])
             .await?;
         p.application("acme", "child-app", "child-secret", &[])
@@ -60,6 +87,10 @@ async fn conformance_python_clients_against_the_sts() -> anyhow::Result<()> {
         )
         .await?;
         p.application("acme", &ratelimit_app, "ratelimit-secret", &[])
+            .await?;
+        p.application("acme", "coord-app", "coord-secret", &[])
+            .await?;
+        p.application("acme", "coord-revoke-app", "coord-revoke-secret", &[])
             .await?;
         p.provider_none("acme", "p-none").await?;
         p.resource(
@@ -86,6 +117,28 @@ async fn conformance_python_clients_against_the_sts() -> anyhow::Result<()> {
             "caracal-control",
             &["control:read"],
             None,
+            "p-none",
+        )
+        .await?;
+        p.resource(
+            "acme",
+            "tickets",
+            "resource://tickets",
+            &["tickets:read", "tickets:write"],
+            Some(&upstream.url("/base")),
+            "p-none",
+        )
+        .await?;
+        p.exec(&format!(
+            "UPDATE resources SET operations = '[{{\"method\":\"GET\",\"path\":\"{GATEWAY_PATH}\",\"scope\":\"tickets:read\"}}]' WHERE id = 'tickets'"
+        ))
+        .await?;
+        p.resource(
+            "acme",
+            "probe",
+            "resource://probe",
+            &["probe:read"],
+            Some("http://127.0.0.1:9/"),
             "p-none",
         )
         .await?;
@@ -126,6 +179,39 @@ async fn conformance_python_clients_against_the_sts() -> anyhow::Result<()> {
         &[
             ("CARACAL_API_AUTH_FAILURES_PER_MINUTE", "1000000"),
             ("REDIS_URL", redis_db.as_str()),
+        ],
+    )
+    .await?;
+
+    // The Coordinator verifies session mandates with the STS's key set, so its issuer is the
+    // STS's; it and the gateway share a Redis database (the revocations it publishes reach the
+    // gateway) and the STS's stream key.
+    let coordinator_redis = tests_harness::sts::isolated_redis(COORDINATOR_REDIS_DB).await?;
+    let coordinator = CoordinatorFixture::start_with(
+        &db,
+        sts.addr,
+        &[
+            ("ISSUER_URL", sts.issuer.as_str()),
+            ("REDIS_URL", coordinator_redis.as_str()),
+            ("STREAMS_HMAC_KEY", sts.streams_key_hex.as_str()),
+        ],
+    )
+    .await?;
+    let no_lifecycle_token = {
+        let mut claims = session_claims("signed", "signed-app", "signed-record");
+        claims["iss"] = serde_json::json!(sts.issuer);
+        claims["aud"] = serde_json::json!([sts.issuer]);
+        claims["scope"] = serde_json::json!("tickets:read");
+        claims["exp"] = serde_json::json!(tests_harness::oidc::unix_now() + 3600);
+        signer.sign(&claims)?
+    };
+    // The gateway accepts the STS's mandates and decides locally.
+    let gateway = GatewayFixture::start_with(
+        &db,
+        &[
+            ("ISSUER_URL", sts.issuer.as_str()),
+            ("REDIS_URL", coordinator_redis.as_str()),
+            ("STREAMS_HMAC_KEY", sts.streams_key_hex.as_str()),
         ],
     )
     .await?;
@@ -181,12 +267,65 @@ async fn conformance_python_clients_against_the_sts() -> anyhow::Result<()> {
             "CONFORMANCE_ADMIN_TOKEN",
             tests_harness::api::BOOTSTRAP_TOKEN.into(),
         ),
+        (
+            "CONFORMANCE_COORDINATOR_URL",
+            format!("http://{}", coordinator.addr),
+        ),
+        (
+            "CONFORMANCE_COORDINATOR_TOKEN",
+            tests_harness::coordinator::OPERATOR_TOKEN.into(),
+        ),
+        ("CONFORMANCE_COORDINATOR_APP_ID", "coord-app".into()),
+        ("CONFORMANCE_COORDINATOR_APP_SECRET", "coord-secret".into()),
+        (
+            "CONFORMANCE_COORDINATOR_RESOURCE",
+            "resource://tickets".into(),
+        ),
+        (
+            "CONFORMANCE_COORDINATOR_SCOPES",
+            "tickets:read tickets:write".into(),
+        ),
+        ("CONFORMANCE_COORDINATOR_LABELS", "worker".into()),
+        (
+            "CONFORMANCE_COORDINATOR_NO_LIFECYCLE_TOKEN",
+            no_lifecycle_token,
+        ),
+        (
+            "CONFORMANCE_COORDINATOR_REVOKE_APP_ID",
+            "coord-revoke-app".into(),
+        ),
+        (
+            "CONFORMANCE_COORDINATOR_REVOKE_APP_SECRET",
+            "coord-revoke-secret".into(),
+        ),
+        (
+            "CONFORMANCE_COORDINATOR_REVOKE_RESOURCE",
+            "resource://probe".into(),
+        ),
+        ("CONFORMANCE_STREAMS_REDIS_URL", coordinator_redis.clone()),
+        ("CONFORMANCE_STREAMS_HMAC_KEY", sts.streams_key_hex.clone()),
+        (
+            "CONFORMANCE_GATEWAY_URL",
+            format!("http://{}", gateway.addr),
+        ),
+        ("CONFORMANCE_GATEWAY_PATH", GATEWAY_PATH.into()),
+        (
+            "CONFORMANCE_GATEWAY_UPSTREAM_PATH",
+            format!("/base{GATEWAY_PATH}"),
+        ),
         ("CONFORMANCE_REQUIRE", REQUIRED_GROUPS.into()),
     ];
+    // Extra pytest arguments for a focused run, e.g. `CONFORMANCE_PYTEST_ARGS="-k coordinator"`.
+    let extra: Vec<String> = std::env::var("CONFORMANCE_PYTEST_ARGS")
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect();
     let output = tokio::task::spawn_blocking(move || {
         Command::new("bash")
             .arg(format!("{root}/tests/conformance/run.sh"))
             .arg("-rs")
+            .args(extra)
             .envs(vars)
             .current_dir(root)
             .output()
@@ -195,6 +334,8 @@ async fn conformance_python_clients_against_the_sts() -> anyhow::Result<()> {
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     println!("{stdout}\n{stderr}");
+    coordinator.stop().await;
+    gateway.stop().await;
     sts.stop().await;
     api.stop().await;
     unavailable.stop().await;

@@ -4,15 +4,11 @@
 //! revoke"), in batches of 1000 inside the one transaction, and announces each record on
 //! `caracal.sessions.revoke` with reason `grant_revoked` and the `grant_id`.
 
-use control_events::streams::SESSIONS_REVOKE;
-use control_store::outbox::{self, BatchMessage};
-use control_store::{
-    admin::{
-        applications,
-        grants::{self, GrantFilter, GrantRow, NewGrant},
-        subjects::{self, RecordSelector},
-    },
-    outbox::PRODUCER_API,
+use control_events::cascade;
+use control_store::admin::{
+    applications,
+    grants::{self, GrantFilter, GrantRow, NewGrant},
+    subjects::{self, RecordSelector},
 };
 use http::Method;
 use schemars::JsonSchema;
@@ -199,27 +195,14 @@ pub async fn delete(
                 REVOKE_BATCH,
             )
             .await?;
-            let messages: Vec<BatchMessage> = batch
-                .iter()
-                .map(|record| BatchMessage {
-                    dedupe_key: format!("revoke:record:{record}"),
-                    payload: json!({
-                        "zone_id": zone_id.as_str(),
-                        "session_id": record,
-                        "reason": GRANT_REVOKED,
-                        "grant_id": row.id,
-                    }),
-                })
-                .collect();
-            outbox::enqueue_batch(
-                &mut tx,
-                PRODUCER_API,
-                zone_id.as_str(),
-                SESSIONS_REVOKE,
-                &messages,
-                Some(&req.request_id),
-            )
-            .await?;
+            let ctx = cascade::Context {
+                producer: cascade::Producer::API,
+                zone: zone_id.as_str(),
+                actor: &req.principal.id,
+                request_id: Some(&req.request_id),
+            };
+            cascade::announce_revoked_records(&mut tx, &ctx, &batch, GRANT_REVOKED, Some(&row.id))
+                .await?;
             records += batch.len();
             if i64::try_from(batch.len()).unwrap_or(i64::MAX) < REVOKE_BATCH {
                 break;

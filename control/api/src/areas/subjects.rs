@@ -18,16 +18,15 @@
 //! caller's `reason`, if any, is stored as the records' `revoked_reason` and in the admin
 //! audit row. A second call finds nothing active and changes nothing: it is idempotent.
 
-use control_events::streams::{AGENTS_LIFECYCLE, DELEGATIONS_INVALIDATE, SESSIONS_REVOKE};
-use control_store::outbox::{self, BatchMessage};
+use control_events::cascade::{self, Announce, Cascade};
 use control_store::{
-    admin::subjects::{self, RecordSelector, TerminatedSession},
-    outbox::PRODUCER_API,
+    admin::subjects::{self, RecordSelector},
+    cascade::{Ending, Roots},
 };
 use http::Method;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value, json};
+use serde_json::json;
 
 use super::{Reply, grants::REVOKE_BATCH, open_zone, to_value};
 use crate::{
@@ -72,46 +71,6 @@ pub struct RevokeSummary {
     pub epoch: Option<i64>,
 }
 
-fn revoke_message(zone: &str, anchor: (&str, &str), reason: &str) -> Value {
-    let mut m = Map::new();
-    m.insert("zone_id".into(), json!(zone));
-    m.insert(anchor.0.into(), json!(anchor.1));
-    m.insert("reason".into(), json!(reason));
-    Value::Object(m)
-}
-
-fn session_messages(
-    zone: &str,
-    sessions: &[TerminatedSession],
-) -> (Vec<BatchMessage>, Vec<BatchMessage>) {
-    let mut revokes = Vec::with_capacity(sessions.len());
-    let mut lifecycle = Vec::with_capacity(sessions.len());
-    for s in sessions {
-        let mut revoke = revoke_message(zone, ("agent_session_id", &s.id), &s.termination_reason);
-        if let (Some(record), Value::Object(m)) = (&s.announce_record_id, &mut revoke) {
-            m.insert("session_id".into(), json!(record));
-        }
-        revokes.push(BatchMessage {
-            dedupe_key: format!("revoke:agent:{}:v{}", s.id, s.status_version),
-            payload: revoke,
-        });
-        lifecycle.push(BatchMessage {
-            dedupe_key: format!("terminate:{}:v{}", s.id, s.status_version),
-            payload: json!({
-                "event": "terminate",
-                "zone_id": zone,
-                "agent_session_id": s.id,
-                "application_id": s.application_id,
-                "lifecycle": s.lifecycle,
-                "parent_id": s.parent_id,
-                "reason": s.termination_reason,
-                "lease_generation": s.lease_generation,
-            }),
-        });
-    }
-    (revokes, lifecycle)
-}
-
 /// `POST …/subjects/revoke`.
 pub async fn revoke(api: &Api, req: &AdminRequest, zone: &str) -> Result<Reply, ApiError> {
     let body: RevokeSubject = req.json()?;
@@ -132,6 +91,13 @@ pub async fn revoke(api: &Api, req: &AdminRequest, zone: &str) -> Result<Reply, 
     let (mut tx, zone_id) = open_zone(api, zone).await?;
     let z = zone_id.as_str();
 
+    let ctx = cascade::Context {
+        producer: cascade::Producer::API,
+        zone: z,
+        actor,
+        request_id: Some(&req.request_id),
+    };
+
     // Records, in batches.
     let mut records: Vec<String> = Vec::new();
     loop {
@@ -146,22 +112,7 @@ pub async fn revoke(api: &Api, req: &AdminRequest, zone: &str) -> Result<Reply, 
             REVOKE_BATCH,
         )
         .await?;
-        let messages: Vec<BatchMessage> = batch
-            .iter()
-            .map(|id| BatchMessage {
-                dedupe_key: format!("revoke:record:{id}"),
-                payload: revoke_message(z, ("session_id", id), SUBJECT_REVOKED),
-            })
-            .collect();
-        outbox::enqueue_batch(
-            &mut tx,
-            PRODUCER_API,
-            z,
-            SESSIONS_REVOKE,
-            &messages,
-            Some(&req.request_id),
-        )
-        .await?;
+        cascade::announce_revoked_records(&mut tx, &ctx, &batch, SUBJECT_REVOKED, None).await?;
         let full = i64::try_from(batch.len()).unwrap_or(i64::MAX) >= REVOKE_BATCH;
         records.extend(batch);
         if !full {
@@ -169,79 +120,25 @@ pub async fn revoke(api: &Api, req: &AdminRequest, zone: &str) -> Result<Reply, 
         }
     }
 
-    // Agent sessions bound to the subject's records, and their descendants.
-    let sessions =
-        subjects::terminate_bound_sessions(&mut tx, &body.subject_id, SUBJECT_REVOKED, actor)
-            .await?;
-    let (revokes, lifecycle) = session_messages(z, &sessions);
-    outbox::enqueue_batch(
+    // Agent sessions bound to the subject's records, their descendants, the edges touching
+    // them (one epoch bump).
+    let Cascade {
+        sessions,
+        edges,
+        epoch,
+    } = cascade::end_sessions(
         &mut tx,
-        PRODUCER_API,
-        z,
-        SESSIONS_REVOKE,
-        &revokes,
-        Some(&req.request_id),
+        &ctx,
+        Roots::BoundToSubject(&body.subject_id),
+        Ending::Terminated,
+        SUBJECT_REVOKED,
+        Announce {
+            edge_reason: SUBJECT_REVOKED,
+            cause_edge: None,
+            already_revoked: &[],
+        },
     )
     .await?;
-    outbox::enqueue_batch(
-        &mut tx,
-        PRODUCER_API,
-        z,
-        AGENTS_LIFECYCLE,
-        &lifecycle,
-        Some(&req.request_id),
-    )
-    .await?;
-
-    // Edges touching a terminated session; one epoch bump.
-    let session_ids: Vec<String> = sessions.iter().map(|s| s.id.clone()).collect();
-    let edges = subjects::revoke_edges_touching(&mut tx, &session_ids, actor).await?;
-    let epoch = if edges.is_empty() {
-        None
-    } else {
-        Some(subjects::bump_epoch(&mut tx, z).await?)
-    };
-    if let Some(epoch) = epoch {
-        let revokes: Vec<BatchMessage> = edges
-            .iter()
-            .map(|id| BatchMessage {
-                dedupe_key: format!("revoke:edge:{id}"),
-                payload: revoke_message(z, ("delegation_edge_id", id), SUBJECT_REVOKED),
-            })
-            .collect();
-        let invalidations: Vec<BatchMessage> = edges
-            .iter()
-            .map(|id| BatchMessage {
-                dedupe_key: format!("edge_revoke:{id}"),
-                payload: json!({
-                    "event": "edge_revoke",
-                    "zone_id": z,
-                    "epoch": epoch,
-                    "edge_id": id,
-                    "affected_edges": edges.len(),
-                    "reason": SUBJECT_REVOKED,
-                }),
-            })
-            .collect();
-        outbox::enqueue_batch(
-            &mut tx,
-            PRODUCER_API,
-            z,
-            SESSIONS_REVOKE,
-            &revokes,
-            Some(&req.request_id),
-        )
-        .await?;
-        outbox::enqueue_batch(
-            &mut tx,
-            PRODUCER_API,
-            z,
-            DELEGATIONS_INVALIDATE,
-            &invalidations,
-            Some(&req.request_id),
-        )
-        .await?;
-    }
 
     let provider_grants =
         subjects::revoke_provider_grants(&mut tx, &body.subject_id, actor).await?;

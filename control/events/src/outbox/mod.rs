@@ -27,6 +27,7 @@
 mod config;
 mod dispatcher;
 mod encode;
+mod service;
 mod stats;
 
 pub use config::{OutboxConfig, OutboxConfigError};
@@ -34,4 +35,5 @@ pub use dispatcher::{DispatchError, Dispatcher, OutboxTarget, RoundOutcome, back
 pub use encode::{
     AUDIT_PAYLOAD_EVENT, EncodeError, EncodedMessage, MAX_MESSAGE_BYTES, OutboxKeys, encode,
 };
+pub use service::{Retention, metric_lines, not_ready_reason, purge_finished, run_retention};
 pub use stats::{OutboxHandle, OutboxSnapshot, OutboxStats, ReadyThresholds};

@@ -8,7 +8,7 @@ pub mod admin_tokens;
 pub mod applications;
 pub mod approvals;
 pub mod grants;
-pub mod page;
+pub use control_model::page;
 pub mod plugin_bindings;
 pub mod plugins;
 pub mod policies;

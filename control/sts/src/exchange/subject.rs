@@ -9,9 +9,6 @@ use serde_json::{Map, Value};
 
 use crate::{error::StsError, state::Sts};
 
-/// Leeway on `exp` and the `iat` future skew.
-const LEEWAY_SECONDS: i64 = 60;
-
 /// A verified subject token.
 #[derive(Debug, Clone)]
 pub(crate) struct SubjectToken {
@@ -62,27 +59,12 @@ pub(crate) async fn verify_session_mandate(
     let Ok(Value::Object(claims)) = serde_json::from_slice::<Value>(&bytes) else {
         return Ok(None);
     };
-    let issuer = &sts.config.issuer_url;
-    let audience_ok = match claims.get("aud") {
-        Some(Value::Array(aud)) => aud.iter().any(|a| a.as_str() == Some(issuer)),
-        Some(Value::String(aud)) => aud == issuer,
-        _ => false,
-    };
-    let now_s = now.timestamp();
-    let exp_ok = claims
-        .get("exp")
-        .and_then(Value::as_i64)
-        .is_some_and(|exp| exp + LEEWAY_SECONDS > now_s);
-    let iat_ok = claims
-        .get("iat")
-        .and_then(Value::as_i64)
-        .is_some_and(|iat| iat <= now_s + LEEWAY_SECONDS);
-    let valid = string(&claims, "iss").as_deref() == Some(issuer.as_str())
-        && audience_ok
-        && exp_ok
-        && iat_ok
-        && string(&claims, "zone_id").as_deref() == Some(zone.as_str())
-        && string(&claims, "use").as_deref() == Some("session");
+    let valid = control_model::is_session_mandate(
+        &claims,
+        &sts.config.issuer_url,
+        zone.as_str(),
+        now.timestamp(),
+    );
     Ok(valid.then_some(claims))
 }
 

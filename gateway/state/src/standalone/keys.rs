@@ -1,24 +1,12 @@
-//! Key material of a standalone zone: public JWK / JWKS documents (files and `jwks_url`),
-//! the PKCS#8 signing key, and the client that fetches JWKS URLs.
-
-use std::{collections::HashMap, time::Duration};
+//! Key material of a standalone zone: public JWK / JWKS files and the PKCS#8 signing key.
+//! Key sets behind a `jwks_url` are fetched with `control_http::jwks::JwksClient`.
 
 use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
-use bytes::Bytes;
 use control_crypto::{PublicKey, ZoneSigningKey};
-use http_body_util::{BodyExt as _, Empty, Limited};
-use hyper_util::{
-    client::legacy::{Client, connect::HttpConnector},
-    rt::TokioExecutor,
-};
+use control_http::jwks::public_jwk;
 use serde_json::Value;
 use sha2::{Digest as _, Sha256};
 use zeroize::Zeroizing;
-
-/// The largest JWKS document accepted from a `jwks_url`.
-const MAX_JWKS_BYTES: usize = 256 * 1024;
-/// Deadline of one JWKS fetch (connect, headers and body).
-const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The keys of a key file: one public JWK with a `kid`, or a JWKS `{"keys": [...]}`. Every
 /// key must be an EC P-256 public key with a `kid`.
@@ -40,43 +28,6 @@ pub(super) fn key_document(bytes: &[u8]) -> Result<Vec<(String, PublicKey)>, Str
             public_jwk(jwk).map_err(|reason| format!("key #{}: {reason}", index + 1))
         })
         .collect()
-}
-
-/// A fetched JWKS: its EC P-256 keys with a `kid`; other keys (another algorithm, no
-/// `kid`) are skipped, as a JWKS may publish keys for other uses.
-pub(super) fn fetched_jwks(bytes: &[u8]) -> Result<HashMap<String, PublicKey>, String> {
-    let document: Value = serde_json::from_slice(bytes)
-        .map_err(|_not_json| "the response is not a JSON document".to_owned())?;
-    let Some(Value::Array(keys)) = document.get("keys") else {
-        return Err("the response has no keys array".to_owned());
-    };
-    Ok(keys.iter().filter_map(|jwk| public_jwk(jwk).ok()).collect())
-}
-
-/// One public JWK with its `kid`.
-fn public_jwk(jwk: &Value) -> Result<(String, PublicKey), String> {
-    if !jwk.is_object() {
-        return Err("is not a JSON object".to_owned());
-    }
-    if jwk.get("d").is_some() {
-        // A private key where a public one belongs: refused without repeating it.
-        return Err("holds a private key (member d); configure the public key only".to_owned());
-    }
-    let kid = jwk
-        .get("kid")
-        .and_then(Value::as_str)
-        .filter(|kid| !kid.is_empty())
-        .ok_or_else(|| "has no kid".to_owned())?;
-    if jwk
-        .get("alg")
-        .and_then(Value::as_str)
-        .is_some_and(|alg| alg != "ES256")
-    {
-        return Err(format!("kid {kid}: alg must be ES256"));
-    }
-    let key = PublicKey::from_jwk(jwk)
-        .map_err(|_bad| format!("kid {kid}: is not an EC P-256 public key"))?;
-    Ok((kid.to_owned(), key))
 }
 
 /// A P-256 private key from PKCS#8 PEM (`-----BEGIN PRIVATE KEY-----`) or DER.
@@ -120,56 +71,4 @@ pub(super) fn thumbprint(key: &PublicKey) -> String {
         member("y")
     );
     URL_SAFE_NO_PAD.encode(Sha256::digest(canonical.as_bytes()))
-}
-
-type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
-
-/// Fetches JWKS documents over HTTP/1.1 or TLS (webpki roots).
-pub(super) struct JwksClient {
-    client: Client<Connector, Empty<Bytes>>,
-}
-
-impl JwksClient {
-    pub(super) fn new() -> Self {
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_connect_timeout(Some(FETCH_TIMEOUT));
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_webpki_roots()
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(http);
-        Self {
-            client: Client::builder(TokioExecutor::new())
-                .pool_max_idle_per_host(1)
-                .build(https),
-        }
-    }
-
-    /// The EC P-256 keys `url` publishes. The reason of a failure never holds the body.
-    pub(super) async fn fetch(&self, url: &url::Url) -> Result<HashMap<String, PublicKey>, String> {
-        let request = http::Request::get(url.as_str())
-            .header(http::header::ACCEPT, "application/json")
-            .body(Empty::new())
-            .map_err(|e| format!("cannot build the request: {e}"))?;
-        let round = async {
-            let response = self
-                .client
-                .request(request)
-                .await
-                .map_err(|e| format!("request failed: {e}"))?;
-            if !response.status().is_success() {
-                return Err(format!("answered {}", response.status().as_u16()));
-            }
-            let body = Limited::new(response.into_body(), MAX_JWKS_BYTES)
-                .collect()
-                .await
-                .map_err(|e| format!("body: {e}"))?
-                .to_bytes();
-            fetched_jwks(&body)
-        };
-        tokio::time::timeout(FETCH_TIMEOUT, round)
-            .await
-            .map_err(|_elapsed| format!("no answer within {} s", FETCH_TIMEOUT.as_secs()))?
-    }
 }

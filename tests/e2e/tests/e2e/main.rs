@@ -14,6 +14,8 @@ mod api_access;
 mod api_plugins;
 mod api_policy_sets;
 mod api_providers;
+mod coordinator_delegations;
+mod coordinator_sessions;
 mod fixtures;
 mod gateway;
 mod gateway_checks;

@@ -1,0 +1,10 @@
+//! The Coordinator's statements (role `caracal_coordinator`): agent sessions and their tree
+//! ([`sessions`]), delegation edges ([`edges`]), idempotency receipts ([`receipts`]) and the
+//! sweepers' batches ([`sweep`]). The cascades shared with the admin API are in
+//! [`crate::cascade`]. Every function runs on the connection of a transaction the caller
+//! opened with the right scope (`zone_tx`, `zone_snapshot` or `cross_zone_read`).
+
+pub mod edges;
+pub mod receipts;
+pub mod sessions;
+pub mod sweep;

@@ -1,0 +1,403 @@
+//! `agent_sessions` and `agent_topology` (storage §1.5): start, read, heartbeat and lease,
+//! suspend and resume of a subtree.
+
+use chrono::{DateTime, Utc};
+use control_model::page::{After, Keyed, Page, PageRequest, bounds};
+use sqlx::PgConnection;
+
+use crate::cascade::{ChangedSession, MAX_DEPTH, changed_sessions};
+
+/// An agent session row.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct AgentSessionRow {
+    /// Id.
+    pub id: String,
+    /// Zone.
+    pub zone_id: String,
+    /// Owning application.
+    pub application_id: String,
+    /// Parent session.
+    pub parent_id: Option<String>,
+    /// The authority record it runs under.
+    pub subject_authority_record_id: Option<String>,
+    /// `task` or `service`.
+    pub lifecycle: String,
+    /// `active`, `suspended`, `terminated`, `expired`.
+    pub status: String,
+    /// +1 on every status change.
+    pub status_version: i64,
+    /// Why it ended.
+    pub termination_reason: Option<String>,
+    /// Depth in the tree (0 for a root).
+    pub depth: i32,
+    /// Labels.
+    pub labels: Vec<String>,
+    /// Children allowed.
+    pub max_children: i32,
+    /// Children started and not ended.
+    pub child_count: i32,
+    /// Task TTL.
+    pub ttl_seconds: Option<i32>,
+    /// Start.
+    pub started_at: DateTime<Utc>,
+    /// Last heartbeat or lease call.
+    pub last_active_at: Option<DateTime<Utc>>,
+    /// Last heartbeat.
+    pub last_heartbeat_at: Option<DateTime<Utc>>,
+    /// Service lease deadline.
+    pub heartbeat_deadline_at: Option<DateTime<Utc>>,
+    /// Lease fencing generation (0 for tasks).
+    pub lease_generation: i64,
+    /// End time.
+    pub terminated_at: Option<DateTime<Utc>>,
+    /// Caller metadata.
+    pub metadata_json: serde_json::Value,
+    /// Creation.
+    pub created_at: DateTime<Utc>,
+    /// The transaction's `now()` when the row was read.
+    pub read_at: DateTime<Utc>,
+}
+
+impl Keyed for AgentSessionRow {
+    fn key(&self) -> After {
+        After {
+            ts: self.created_at,
+            id: self.id.clone(),
+        }
+    }
+}
+
+impl AgentSessionRow {
+    /// As a changed session, for the lifecycle and revoke messages.
+    pub fn changed(&self, announce_record_id: Option<String>) -> ChangedSession {
+        ChangedSession {
+            id: self.id.clone(),
+            application_id: self.application_id.clone(),
+            parent_id: self.parent_id.clone(),
+            lifecycle: self.lifecycle.clone(),
+            status_version: self.status_version,
+            lease_generation: self.lease_generation,
+            termination_reason: self.termination_reason.clone().unwrap_or_default(),
+            announce_record_id,
+        }
+    }
+}
+
+const COLUMNS: &str = "id, zone_id, application_id, parent_id, subject_authority_record_id, \
+     lifecycle, status, status_version, termination_reason, depth, labels, max_children, \
+     child_count, ttl_seconds, started_at, last_active_at, last_heartbeat_at, \
+     heartbeat_deadline_at, lease_generation, terminated_at, metadata_json, created_at, \
+     now() AS read_at";
+
+/// One session.
+pub async fn get(
+    conn: &mut PgConnection,
+    id: &str,
+) -> Result<Option<AgentSessionRow>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM agent_sessions WHERE id = $1"
+    ))
+    .bind(id)
+    .fetch_optional(conn)
+    .await
+}
+
+/// One session, locked for the rest of the transaction.
+pub async fn lock(
+    conn: &mut PgConnection,
+    id: &str,
+) -> Result<Option<AgentSessionRow>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM agent_sessions WHERE id = $1 FOR UPDATE"
+    ))
+    .bind(id)
+    .fetch_optional(conn)
+    .await
+}
+
+/// Serialises session starts in a zone (authority §2.1 step 4:
+/// `coordinator:session_start:<zone>`, transaction scoped).
+pub async fn lock_starts(conn: &mut PgConnection, zone: &str) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "SELECT pg_advisory_xact_lock(hashtextextended('coordinator:session_start:' || $1, 0))",
+    )
+    .bind(zone)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Sessions holding a capacity slot (authority §2.1 step 7): in the zone, of the
+/// application. A session holds a slot while it is active or suspended and has not run out
+/// (a task within its TTL; a service with a live lease, or suspended).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Slots {
+    /// In the zone.
+    pub zone: i64,
+    /// Of the application.
+    pub application: i64,
+}
+
+/// Counts the slots held in the transaction's zone.
+pub async fn slots(conn: &mut PgConnection, application_id: &str) -> Result<Slots, sqlx::Error> {
+    let (zone, application): (i64, i64) = sqlx::query_as(
+        "SELECT count(*), count(*) FILTER (WHERE application_id = $1) FROM agent_sessions \
+          WHERE status IN ('active', 'suspended') \
+            AND ((lifecycle = 'task' AND started_at + make_interval(secs => ttl_seconds) > now()) \
+                 OR (lifecycle = 'service' AND (status = 'suspended' OR heartbeat_deadline_at > now())))",
+    )
+    .bind(application_id)
+    .fetch_one(conn)
+    .await?;
+    Ok(Slots { zone, application })
+}
+
+/// A session to insert.
+#[derive(Debug, Clone)]
+pub struct NewSession<'a> {
+    /// Id (UUIDv7).
+    pub id: &'a str,
+    /// Zone.
+    pub zone_id: &'a str,
+    /// Owning application.
+    pub application_id: &'a str,
+    /// Parent.
+    pub parent_id: Option<&'a str>,
+    /// Subject authority record.
+    pub subject_authority_record_id: &'a str,
+    /// `task` or `service`.
+    pub lifecycle: &'a str,
+    /// Depth.
+    pub depth: i32,
+    /// Labels.
+    pub labels: &'a [String],
+    /// Task TTL (tasks only).
+    pub ttl_seconds: Option<i32>,
+    /// Service lease length (services only).
+    pub lease_seconds: Option<i64>,
+    /// Metadata.
+    pub metadata: &'a serde_json::Value,
+    /// `created_by`.
+    pub actor: &'a str,
+}
+
+/// Inserts a session (a service with a lease of `lease_seconds` and generation 1); when it
+/// has a parent, records the tree edge and counts the child.
+pub async fn insert(
+    conn: &mut PgConnection,
+    new: &NewSession<'_>,
+) -> Result<AgentSessionRow, sqlx::Error> {
+    let row: AgentSessionRow = sqlx::query_as(&format!(
+        "INSERT INTO agent_sessions (id, zone_id, application_id, parent_id, \
+                subject_authority_record_id, lifecycle, depth, labels, ttl_seconds, \
+                heartbeat_deadline_at, last_active_at, lease_generation, metadata_json, \
+                created_by, updated_by) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, \
+                 CASE WHEN $10::bigint IS NULL THEN NULL ELSE now() + make_interval(secs => $10) END, \
+                 now(), CASE WHEN $6 = 'service' THEN 1 ELSE 0 END, $11, $12, $12) \
+         RETURNING {COLUMNS}"
+    ))
+    .bind(new.id)
+    .bind(new.zone_id)
+    .bind(new.application_id)
+    .bind(new.parent_id)
+    .bind(new.subject_authority_record_id)
+    .bind(new.lifecycle)
+    .bind(new.depth)
+    .bind(new.labels)
+    .bind(new.ttl_seconds)
+    .bind(new.lease_seconds)
+    .bind(new.metadata)
+    .bind(new.actor)
+    .fetch_one(&mut *conn)
+    .await?;
+    if let Some(parent) = new.parent_id {
+        sqlx::query(
+            "INSERT INTO agent_topology (zone_id, parent_id, child_id) VALUES ($1, $2, $3)",
+        )
+        .bind(new.zone_id)
+        .bind(parent)
+        .bind(new.id)
+        .execute(&mut *conn)
+        .await?;
+        sqlx::query(
+            "UPDATE agent_sessions SET child_count = child_count + 1, updated_at = now() WHERE id = $1",
+        )
+        .bind(parent)
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(row)
+}
+
+/// Records a service heartbeat: a fresh lease of `lease_seconds`.
+pub async fn heartbeat(
+    conn: &mut PgConnection,
+    id: &str,
+    lease_seconds: i64,
+    metadata: Option<&serde_json::Value>,
+) -> Result<AgentSessionRow, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "UPDATE agent_sessions SET last_heartbeat_at = now(), last_active_at = now(), \
+                heartbeat_deadline_at = now() + make_interval(secs => $2), \
+                metadata_json = coalesce($3, metadata_json), updated_at = now() \
+          WHERE id = $1 RETURNING {COLUMNS}"
+    ))
+    .bind(id)
+    .bind(lease_seconds)
+    .bind(metadata)
+    .fetch_one(conn)
+    .await
+}
+
+/// Takes the service's lease: the next generation (fencing every older holder) and a fresh
+/// deadline.
+pub async fn take_lease(
+    conn: &mut PgConnection,
+    id: &str,
+    lease_seconds: i64,
+) -> Result<AgentSessionRow, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "UPDATE agent_sessions SET lease_generation = lease_generation + 1, last_active_at = now(), \
+                heartbeat_deadline_at = now() + make_interval(secs => $2), updated_at = now() \
+          WHERE id = $1 RETURNING {COLUMNS}"
+    ))
+    .bind(id)
+    .bind(lease_seconds)
+    .fetch_one(conn)
+    .await
+}
+
+/// Suspends `root` and its active descendants (authority §2.5: edges are kept); returns
+/// them shallowest first, with the subject record to announce.
+pub async fn suspend_tree(
+    conn: &mut PgConnection,
+    root: &str,
+    actor: &str,
+) -> Result<Vec<ChangedSession>, sqlx::Error> {
+    change_tree(conn, root, "active", "suspended", None, actor).await
+}
+
+/// Resumes the suspended sessions of `root`'s subtree (a service gets a fresh lease of
+/// `lease_seconds`); returns them shallowest first.
+pub async fn resume_tree(
+    conn: &mut PgConnection,
+    root: &str,
+    lease_seconds: i64,
+    actor: &str,
+) -> Result<Vec<ChangedSession>, sqlx::Error> {
+    change_tree(
+        conn,
+        root,
+        "suspended",
+        "active",
+        Some(lease_seconds),
+        actor,
+    )
+    .await
+}
+
+async fn change_tree(
+    conn: &mut PgConnection,
+    root: &str,
+    from: &str,
+    to: &str,
+    lease_seconds: Option<i64>,
+    actor: &str,
+) -> Result<Vec<ChangedSession>, sqlx::Error> {
+    let ids: Vec<String> = sqlx::query_scalar(
+        "WITH RECURSIVE tree AS ( \
+           SELECT id, 0 AS depth FROM agent_sessions WHERE id = $1 \
+           UNION \
+           SELECT t.child_id, tree.depth + 1 FROM agent_topology t JOIN tree ON t.parent_id = tree.id \
+            WHERE tree.depth < $6 \
+         ) \
+         UPDATE agent_sessions a SET status = $3, status_version = a.status_version + 1, \
+                heartbeat_deadline_at = CASE WHEN a.lifecycle = 'service' AND $4::bigint IS NOT NULL \
+                                             THEN now() + make_interval(secs => $4) \
+                                             ELSE a.heartbeat_deadline_at END, \
+                updated_at = now(), updated_by = $5 \
+           FROM tree WHERE a.id = tree.id AND a.status = $2 \
+          RETURNING a.id",
+    )
+    .bind(root)
+    .bind(from)
+    .bind(to)
+    .bind(lease_seconds)
+    .bind(actor)
+    .bind(MAX_DEPTH)
+    .fetch_all(&mut *conn)
+    .await?;
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    changed_sessions(conn, &ids).await
+}
+
+/// The active or suspended sessions of the subtrees rooted at `roots` (at most
+/// [`MAX_DEPTH`] levels), roots included, shallowest first.
+pub async fn subtrees(
+    conn: &mut PgConnection,
+    roots: &[String],
+) -> Result<Vec<AgentSessionRow>, sqlx::Error> {
+    if roots.is_empty() {
+        return Ok(Vec::new());
+    }
+    sqlx::query_as(&format!(
+        "WITH RECURSIVE tree AS ( \
+           SELECT id, 0 AS level FROM agent_sessions WHERE id = ANY($1) \
+           UNION \
+           SELECT t.child_id, tree.level + 1 FROM agent_topology t JOIN tree ON t.parent_id = tree.id \
+            WHERE tree.level < $2 \
+         ) SELECT {COLUMNS} FROM agent_sessions \
+            WHERE id IN (SELECT id FROM tree) AND status IN ('active', 'suspended') \
+            ORDER BY depth, id"
+    ))
+    .bind(roots)
+    .bind(MAX_DEPTH)
+    .fetch_all(conn)
+    .await
+}
+
+/// Which sessions a list returns.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ListFilter<'a> {
+    /// `status`.
+    pub status: Option<&'a str>,
+    /// `lifecycle`.
+    pub lifecycle: Option<&'a str>,
+    /// `application_id` (an agent caller is always restricted to its own).
+    pub application_id: Option<&'a str>,
+    /// A label the session carries.
+    pub label: Option<&'a str>,
+    /// Children of this session only.
+    pub parent_id: Option<&'a str>,
+}
+
+/// A page of sessions, newest first.
+pub async fn list(
+    conn: &mut PgConnection,
+    filter: ListFilter<'_>,
+    page: &PageRequest,
+) -> Result<Page<AgentSessionRow>, sqlx::Error> {
+    let (ts, id) = bounds(page);
+    let rows: Vec<AgentSessionRow> = sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM agent_sessions \
+          WHERE ($1::text IS NULL OR status = $1) AND ($2::text IS NULL OR lifecycle = $2) \
+            AND ($3::text IS NULL OR application_id = $3) AND ($4::text IS NULL OR $4 = ANY(labels)) \
+            AND ($5::text IS NULL OR parent_id = $5) \
+            AND (created_at, id) < ($6, $7) \
+          ORDER BY created_at DESC, id DESC LIMIT $8"
+    ))
+    .bind(filter.status)
+    .bind(filter.lifecycle)
+    .bind(filter.application_id)
+    .bind(filter.label)
+    .bind(filter.parent_id)
+    .bind(ts)
+    .bind(id)
+    .bind(page.limit + 1)
+    .fetch_all(conn)
+    .await?;
+    Ok(Page::from_rows(rows, page.limit))
+}
