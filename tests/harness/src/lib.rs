@@ -14,6 +14,7 @@ pub mod oidc;
 pub mod plugins;
 pub mod provision;
 pub mod proxy;
+pub mod streams;
 pub mod sts;
 pub mod tls;
 pub mod token_server;

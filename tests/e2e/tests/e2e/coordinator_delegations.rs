@@ -20,6 +20,7 @@ use tests_harness::{
     gateway::{GatewayFixture, STREAMS_KEY_HEX, TestSigner, gateway_claims},
     http::{self, HttpResponse},
     provision::Provision,
+    streams::{self, field},
     sts::{StsFixture, redis_url},
     upstream::Upstream,
 };
@@ -275,36 +276,11 @@ fn assert_refused(resp: &HttpResponse, status: u16, code: &str, what: &str) {
     );
 }
 
-fn field<'a>(fields: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    fields
-        .iter()
-        .find(|(k, _)| k == name)
-        .map(|(_, v)| v.as_str())
-}
-
-async fn redis_conn() -> redis::aio::MultiplexedConnection {
-    redis::Client::open(redis_url())
-        .expect("redis url")
-        .get_multiplexed_async_connection()
-        .await
-        .expect("redis connection")
-}
-
 /// The id of a stream's newest entry (`0-0` when empty), to read what comes after.
 async fn stream_tail(stream: &str) -> String {
-    let reply: redis::streams::StreamRangeReply = redis::cmd("XREVRANGE")
-        .arg(stream)
-        .arg("+")
-        .arg("-")
-        .arg("COUNT")
-        .arg(1)
-        .query_async(&mut redis_conn().await)
+    streams::last_entry_id(&redis_url(), stream)
         .await
-        .expect("XREVRANGE");
-    reply
-        .ids
-        .first()
-        .map_or_else(|| "0-0".to_owned(), |e| e.id.clone())
+        .expect("stream tail")
 }
 
 /// Waits up to [`WITHIN`] for an entry of `stream` after `after` that `wanted` accepts;
@@ -314,35 +290,9 @@ async fn await_entry(
     after: &str,
     wanted: impl Fn(&[(String, String)]) -> bool,
 ) -> Option<Vec<(String, String)>> {
-    let deadline = tokio::time::Instant::now() + WITHIN;
-    loop {
-        let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
-            .arg(stream)
-            .arg(format!("({after}"))
-            .arg("+")
-            .query_async(&mut redis_conn().await)
-            .await
-            .expect("XRANGE");
-        for entry in &reply.ids {
-            let fields: Vec<(String, String)> = entry
-                .map
-                .iter()
-                .map(|(k, v)| {
-                    (
-                        k.clone(),
-                        redis::from_redis_value::<String>(v.clone()).expect("string field"),
-                    )
-                })
-                .collect();
-            if wanted(&fields) {
-                return Some(fields);
-            }
-        }
-        if tokio::time::Instant::now() >= deadline {
-            return None;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    streams::await_entry(&redis_url(), stream, after, WITHIN, wanted)
+        .await
+        .expect("stream read")
 }
 
 #[tokio::test]

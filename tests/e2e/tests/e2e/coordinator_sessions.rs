@@ -21,6 +21,7 @@ use tests_harness::{
     gateway::{STREAMS_KEY_HEX, TestSigner},
     http::{self, HttpResponse},
     provision::Provision,
+    streams,
     sts::{StsFixture, redis_url},
 };
 
@@ -334,63 +335,9 @@ fn item_ids(page: &Value) -> Vec<String> {
         .collect()
 }
 
-async fn redis_conn() -> redis::aio::MultiplexedConnection {
-    redis::Client::open(redis_url())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap()
-}
-
-/// The id of a stream's last entry, or `-` when it is empty or missing.
+/// The id of a stream's last entry (`0-0` when it is empty or missing).
 async fn last_entry_id(stream: &str) -> String {
-    let mut conn = redis_conn().await;
-    let reply: redis::streams::StreamRangeReply = redis::cmd("XREVRANGE")
-        .arg(stream)
-        .arg("+")
-        .arg("-")
-        .arg("COUNT")
-        .arg(1)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    reply
-        .ids
-        .first()
-        .map_or_else(|| "-".to_owned(), |entry| entry.id.clone())
-}
-
-/// Every entry of a stream after `after` (exclusive; `-` for all), as field lists in order.
-async fn entries_after(stream: &str, after: &str) -> Vec<Vec<(String, String)>> {
-    let start = if after == "-" {
-        "-".to_owned()
-    } else {
-        format!("({after}")
-    };
-    let mut conn = redis_conn().await;
-    let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
-        .arg(stream)
-        .arg(start)
-        .arg("+")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    reply
-        .ids
-        .iter()
-        .map(|entry| {
-            entry
-                .map
-                .iter()
-                .map(|(k, v)| {
-                    (
-                        k.clone(),
-                        redis::from_redis_value::<String>(v.clone()).unwrap(),
-                    )
-                })
-                .collect()
-        })
-        .collect()
+    streams::last_entry_id(&redis_url(), stream).await.unwrap()
 }
 
 /// The entries of `stream` after `after` whose field `field` is `value`, each checked to
@@ -402,8 +349,9 @@ async fn signed_entries(
     value: &str,
 ) -> Vec<BTreeMap<String, String>> {
     let key = HmacKey::from_hex(STREAMS_KEY_HEX).unwrap();
-    entries_after(stream, after)
+    streams::entries_after(&redis_url(), stream, after)
         .await
+        .unwrap()
         .into_iter()
         .filter(|fields| fields.iter().any(|(k, v)| k == field && v == value))
         .map(|fields| {

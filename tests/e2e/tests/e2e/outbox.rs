@@ -17,7 +17,12 @@ use control_store::{
 };
 use serde_json::{Value, json};
 use sqlx::{PgPool, Row};
-use tests_harness::{TestDb, http, proxy::TcpProxy, sts::StsFixture};
+use tests_harness::{
+    TestDb, http,
+    proxy::TcpProxy,
+    streams::{self, field},
+    sts::StsFixture,
+};
 use tokio::sync::watch;
 
 const STREAMS_KEY: &str = "3d3d3d3d3d3d3d3d3d3d3d3d3d3d3d3d3d3d3d3d3d3d3d3d3d3d3d3d3d3d3d3d";
@@ -125,62 +130,18 @@ async fn redis_conn(url: &str) -> redis::aio::MultiplexedConnection {
         .unwrap()
 }
 
-/// Every entry of a stream after `after` (exclusive; `-` for all), as field lists.
+/// Every entry of a stream after `after` (exclusive; `0-0` for all), as field lists.
 async fn entries_after(stream: &str, after: &str) -> Vec<Vec<(String, String)>> {
-    let mut conn = redis_conn(&tests_harness::sts::redis_url()).await;
-    let start = if after == "-" {
-        "-".to_owned()
-    } else {
-        format!("({after}")
-    };
-    let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
-        .arg(stream)
-        .arg(start)
-        .arg("+")
-        .query_async(&mut conn)
+    streams::entries_after(&tests_harness::sts::redis_url(), stream, after)
         .await
-        .unwrap();
-    reply
-        .ids
-        .iter()
-        .map(|entry| {
-            entry
-                .map
-                .iter()
-                .map(|(k, v)| {
-                    (
-                        k.clone(),
-                        redis::from_redis_value::<String>(v.clone()).unwrap(),
-                    )
-                })
-                .collect()
-        })
-        .collect()
+        .unwrap()
 }
 
-/// The id of a stream's last entry, or `-` when it is empty or missing.
+/// The id of a stream's last entry (`0-0` when it is empty or missing).
 async fn last_entry_id(stream: &str) -> String {
-    let mut conn = redis_conn(&tests_harness::sts::redis_url()).await;
-    let reply: redis::streams::StreamRangeReply = redis::cmd("XREVRANGE")
-        .arg(stream)
-        .arg("+")
-        .arg("-")
-        .arg("COUNT")
-        .arg(1)
-        .query_async(&mut conn)
+    streams::last_entry_id(&tests_harness::sts::redis_url(), stream)
         .await
-        .unwrap();
-    reply
-        .ids
-        .first()
-        .map_or_else(|| "-".to_owned(), |e| e.id.clone())
-}
-
-fn field<'a>(fields: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    fields
-        .iter()
-        .find(|(n, _)| n == name)
-        .map(|(_, v)| v.as_str())
+        .unwrap()
 }
 
 async fn delete_stream(stream: &str) {
@@ -234,7 +195,7 @@ async fn published_messages_carry_the_flattened_payload_the_envelope_and_a_valid
     let outcome = dispatcher.dispatch_once().await?;
     assert_eq!((outcome.claimed, outcome.published), (2, 2));
 
-    let entries = entries_after(&stream, "-").await;
+    let entries = entries_after(&stream, "0-0").await;
     assert_eq!(entries.len(), 2);
     let key = HmacKey::from_hex(STREAMS_KEY)?;
     for fields in &entries {
@@ -297,7 +258,7 @@ async fn a_wake_publishes_at_once_without_waiting_for_the_poll() -> anyhow::Resu
         .await,
         "a woken dispatcher publishes well before its 60 s poll"
     );
-    assert_eq!(entries_after(&stream, "-").await.len(), 1);
+    assert_eq!(entries_after(&stream, "0-0").await.len(), 1);
     assert_eq!(handle.stats().snapshot().published, 1);
     stop.send(true)?;
     task.await?;
@@ -399,7 +360,7 @@ async fn a_crash_between_publish_and_record_republishes_with_the_same_outbox_id_
         })
         .await
     );
-    let entries = entries_after(&stream, "-").await;
+    let entries = entries_after(&stream, "0-0").await;
     assert_eq!(entries.len(), 2);
     let key = HmacKey::from_hex(STREAMS_KEY)?;
     for fields in &entries {
@@ -499,7 +460,7 @@ async fn while_redis_is_unreachable_rows_stay_pending_and_all_publish_after_reco
         .await,
         "every row is published once Redis is back"
     );
-    let entries = entries_after(&stream, "-").await;
+    let entries = entries_after(&stream, "0-0").await;
     for id in &ids {
         assert!(
             entries
@@ -602,7 +563,7 @@ async fn a_permanent_error_makes_a_row_dead_after_max_attempts_and_retry_dead_re
         })
         .await
     );
-    let entries = entries_after(&blocked, "-").await;
+    let entries = entries_after(&blocked, "0-0").await;
     assert_eq!(entries.len(), 1);
     assert_eq!(field(&entries[0], "outbox_id"), Some(doomed.as_str()));
     delete_stream(&blocked).await;
@@ -760,7 +721,7 @@ async fn the_coordinator_table_is_dispatched_the_same_way() -> anyhow::Result<()
         keys(),
     );
     assert_eq!(dispatcher.dispatch_once().await?.published, 1);
-    let entries = entries_after(&stream, "-").await;
+    let entries = entries_after(&stream, "0-0").await;
     assert_eq!(entries.len(), 1);
     assert_eq!(field(&entries[0], "outbox_id"), Some(id.as_str()));
     assert_eq!(field(&entries[0], "dedupe_key"), Some("spawn:a1:v1"));
