@@ -182,6 +182,11 @@ pub async fn start(co: &Coordinator, req: &CoordRequest) -> Result<Reply, CoordE
     let zone = req.zone.as_str();
     let actor = req.caller.actor();
     let mut tx = zone_tx(&co.pool, &req.zone).await?;
+    // The rows of steps 5 and 6 are read before the zone's lock, so the lock is held only
+    // for what must be serialised (capacity, the parent, the insert); they are judged in
+    // the rules' order below.
+    let application = applications::find_as_of(&mut tx, &start.application_id).await?;
+    let record = delegation::record(&mut tx, &subject).await?;
     // 4. One start at a time per zone; the idempotency lookup (3) runs under the lock so
     //    two first uses of one key cannot both create.
     sessions::lock_starts(&mut tx, zone).await?;
@@ -197,8 +202,7 @@ pub async fn start(co: &Coordinator, req: &CoordRequest) -> Result<Reply, CoordE
         return idempotency::replay(receipt, live);
     }
     // 5. The application.
-    let application = applications::find_as_of(&mut tx, &start.application_id)
-        .await?
+    let application = application
         .filter(|a| a.row.is_usable(a.now))
         .ok_or_else(|| refuse(404, "application_not_found"))?;
     let dcr = application.row.registration_method == "dcr";
@@ -209,19 +213,25 @@ pub async fn start(co: &Coordinator, req: &CoordRequest) -> Result<Reply, CoordE
         return Err(refuse(409, "dcr_application_cannot_be_child").into());
     }
     // 6. The subject record.
-    let record = delegation::record(&mut tx, &subject).await?;
     if !record.is_some_and(|r| r.is_live(zone, application.now)) {
         return Err(refuse(404, "session_not_found").into());
     }
     // 7. Capacity.
-    let slots = sessions::slots(&mut tx, &start.application_id).await?;
-    if slots.zone >= co.config.limits.per_zone {
+    let limits = co.config.limits;
+    let slots = sessions::slots(
+        &mut tx,
+        &start.application_id,
+        limits.per_zone,
+        limits.per_app,
+    )
+    .await?;
+    if slots.zone >= limits.per_zone {
         return Err(refuse(429, "session_zone_limit_exceeded").into());
     }
     if dcr && slots.application > 0 {
         return Err(refuse(409, "dcr_application_already_bound").into());
     }
-    if slots.application >= co.config.limits.per_app {
+    if slots.application >= limits.per_app {
         return Err(refuse(429, "session_limit_exceeded").into());
     }
     // 8. The parent.

@@ -138,15 +138,26 @@ pub struct Slots {
     pub application: i64,
 }
 
-/// Counts the slots held in the transaction's zone.
-pub async fn slots(conn: &mut PgConnection, application_id: &str) -> Result<Slots, sqlx::Error> {
-    let (zone, application): (i64, i64) = sqlx::query_as(
-        "SELECT count(*), count(*) FILTER (WHERE application_id = $1) FROM agent_sessions \
-          WHERE status IN ('active', 'suspended') \
-            AND ((lifecycle = 'task' AND started_at + make_interval(secs => ttl_seconds) > now()) \
-                 OR (lifecycle = 'service' AND (status = 'suspended' OR heartbeat_deadline_at > now())))",
-    )
+/// Counts the slots held in the transaction's zone, each count stopping at its cap (the
+/// limit it is compared with), so the cost stays bounded by the limits, not by the number of
+/// sessions.
+pub async fn slots(
+    conn: &mut PgConnection,
+    application_id: &str,
+    zone_cap: i64,
+    application_cap: i64,
+) -> Result<Slots, sqlx::Error> {
+    const HOLDING: &str = "status IN ('active', 'suspended') \
+        AND ((lifecycle = 'task' AND started_at + make_interval(secs => ttl_seconds) > now()) \
+             OR (lifecycle = 'service' AND (status = 'suspended' OR heartbeat_deadline_at > now())))";
+    let (zone, application): (i64, i64) = sqlx::query_as(&format!(
+        "SELECT (SELECT count(*) FROM (SELECT 1 FROM agent_sessions WHERE {HOLDING} LIMIT $2) z), \
+                (SELECT count(*) FROM (SELECT 1 FROM agent_sessions \
+                                        WHERE application_id = $1 AND {HOLDING} LIMIT $3) a)"
+    ))
     .bind(application_id)
+    .bind(zone_cap)
+    .bind(application_cap)
     .fetch_one(conn)
     .await?;
     Ok(Slots { zone, application })
