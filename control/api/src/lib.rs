@@ -34,7 +34,7 @@ pub mod state;
 use std::{net::SocketAddr, sync::Arc};
 
 use control_store::{ServiceRole, pool::connect_service_pool};
-use tokio::{sync::watch, task::JoinHandle};
+use tokio::sync::watch;
 
 pub use config::{ApiConfig, ConfigError, Lookup};
 
@@ -63,24 +63,8 @@ pub enum ApiStartError {
     },
 }
 
-/// A running API.
-#[derive(Debug)]
-pub struct ApiHandle {
-    /// The bound address.
-    pub addr: SocketAddr,
-    shutdown: watch::Sender<bool>,
-    tasks: Vec<JoinHandle<()>>,
-}
-
-impl ApiHandle {
-    /// Stops accepting and drains connections.
-    pub async fn stop(self) {
-        let _sent = self.shutdown.send(true);
-        for task in self.tasks {
-            let _joined = task.await;
-        }
-    }
-}
+/// A running admin API; `stop` drains connections and stops the dispatcher and retention.
+pub type ApiHandle = control_http::RoleHandle;
 
 /// Starts the API on `config.bind`.
 pub async fn start(config: ApiConfig, lookup: Lookup<'_>) -> Result<ApiHandle, ApiStartError> {
@@ -162,11 +146,11 @@ pub async fn start_with_listener(
         move |req| server::handle(Arc::clone(&api), req),
     ));
     tracing::info!(%addr, "api listening");
-    Ok(ApiHandle {
+    Ok(ApiHandle::new(
         addr,
         shutdown,
-        tasks: vec![serve, outbox_task, retention_task],
-    })
+        vec![serve, outbox_task, retention_task],
+    ))
 }
 
 /// Runs the API until `shutdown` resolves.

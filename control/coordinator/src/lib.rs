@@ -42,7 +42,7 @@ use control_store::{
     outbox::{OutboxTable, PRODUCER_COORDINATOR},
     pool::connect_service_pool,
 };
-use tokio::{sync::watch, task::JoinHandle};
+use tokio::sync::watch;
 
 pub use config::{ConfigError, CoordinatorConfig, Lookup};
 
@@ -68,24 +68,8 @@ pub enum CoordinatorStartError {
     },
 }
 
-/// A running Coordinator.
-#[derive(Debug)]
-pub struct CoordinatorHandle {
-    /// The bound address.
-    pub addr: SocketAddr,
-    shutdown: watch::Sender<bool>,
-    tasks: Vec<JoinHandle<()>>,
-}
-
-impl CoordinatorHandle {
-    /// Stops accepting, drains connections, stops the dispatcher and the sweepers.
-    pub async fn stop(self) {
-        let _sent = self.shutdown.send(true);
-        for task in self.tasks {
-            let _joined = task.await;
-        }
-    }
-}
+/// A running Coordinator; `stop` drains connections and stops the dispatcher, the sweepers and the presence heartbeat.
+pub type CoordinatorHandle = control_http::RoleHandle;
 
 /// Starts the Coordinator on `config.bind`.
 ///
@@ -170,11 +154,11 @@ pub async fn start_with_listener(
         move |req| server::handle(Arc::clone(&co), req),
     ));
     tracing::info!(%addr, "coordinator listening");
-    Ok(CoordinatorHandle {
+    Ok(CoordinatorHandle::new(
         addr,
         shutdown,
-        tasks: vec![serve, outbox_task, sweeper_task, presence_task],
-    })
+        vec![serve, outbox_task, sweeper_task, presence_task],
+    ))
 }
 
 /// Runs the Coordinator until `shutdown` resolves.

@@ -30,6 +30,40 @@ pub mod strict;
 
 pub use respond::Body;
 
+/// A running role: its bound address, and the tasks that stop when it is told to.
+#[derive(Debug)]
+pub struct RoleHandle {
+    /// The bound address (the real port when the configuration asked for port 0).
+    pub addr: SocketAddr,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl RoleHandle {
+    /// A handle over `tasks`, which all watch `shutdown`.
+    #[must_use]
+    pub fn new(
+        addr: SocketAddr,
+        shutdown: watch::Sender<bool>,
+        tasks: Vec<tokio::task::JoinHandle<()>>,
+    ) -> Self {
+        Self {
+            addr,
+            shutdown,
+            tasks,
+        }
+    }
+
+    /// Signals shutdown and waits for every task (the server drains its connections, the
+    /// role's background tasks finish their round and flush what they hold).
+    pub async fn stop(self) {
+        let _sent = self.shutdown.send(true);
+        for task in self.tasks {
+            let _joined = task.await;
+        }
+    }
+}
+
 /// The remote address of the connection a request arrived on (a request extension).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Peer(pub SocketAddr);

@@ -33,7 +33,7 @@ mod sweeper;
 use std::{net::SocketAddr, sync::Arc};
 
 use control_store::{ServiceRole, pool::connect_service_pool};
-use tokio::{sync::watch, task::JoinHandle};
+use tokio::sync::watch;
 
 pub use config::{ConfigError, Lookup, Mode, StsConfig};
 
@@ -65,24 +65,8 @@ pub enum StsStartError {
     },
 }
 
-/// A running STS.
-#[derive(Debug)]
-pub struct StsHandle {
-    /// The bound address (the real port when the configuration asked for port 0).
-    pub addr: SocketAddr,
-    shutdown: watch::Sender<bool>,
-    tasks: Vec<JoinHandle<()>>,
-}
-
-impl StsHandle {
-    /// Stops accepting, drains connections and flushes the audit queue.
-    pub async fn stop(self) {
-        let _sent = self.shutdown.send(true);
-        for task in self.tasks {
-            let _joined = task.await;
-        }
-    }
-}
+/// A running STS; `stop` stops accepting, drains connections and flushes the audit queue.
+pub type StsHandle = control_http::RoleHandle;
 
 /// Starts the STS on `config.bind`.
 pub async fn start(config: StsConfig, lookup: Lookup<'_>) -> Result<StsHandle, StsStartError> {
@@ -255,11 +239,7 @@ pub async fn start_with_listener(
     let poll = tokio::spawn(bundles.poll(config.policy_poll, shutdown_rx));
     tracing::info!(%addr, "sts listening");
     tasks.extend([serve, poll, sweep, outbox_task, audit_task, presence_task]);
-    Ok(StsHandle {
-        addr,
-        shutdown,
-        tasks,
-    })
+    Ok(StsHandle::new(addr, shutdown, tasks))
 }
 
 /// Applies one invalidation message: messages are hints, so each handler re-reads Postgres

@@ -87,24 +87,8 @@ pub enum GatewayStartError {
     },
 }
 
-/// A running gateway.
-#[derive(Debug)]
-pub struct GatewayHandle {
-    /// The bound address.
-    pub addr: SocketAddr,
-    shutdown: watch::Sender<bool>,
-    tasks: Vec<JoinHandle<()>>,
-}
-
-impl GatewayHandle {
-    /// Stops accepting, drains connections, flushes the audit queue.
-    pub async fn stop(self) {
-        let _sent = self.shutdown.send(true);
-        for task in self.tasks {
-            let _joined = task.await;
-        }
-    }
-}
+/// A running gateway; `stop` stops accepting, drains connections and flushes the audit queue.
+pub type GatewayHandle = control_http::RoleHandle;
 
 /// Starts the gateway on `config.bind`.
 pub async fn start(
@@ -520,11 +504,7 @@ fn serve(serving: Serving) -> Result<GatewayHandle, GatewayStartError> {
     )));
     tasks.extend(trailing);
     tracing::info!(%addr, "gateway listening");
-    Ok(GatewayHandle {
-        addr,
-        shutdown,
-        tasks,
-    })
+    Ok(GatewayHandle::new(addr, shutdown, tasks))
 }
 
 /// Entry points for the fuzz target in `gateway/proxy/fuzz`; not part of the API.
