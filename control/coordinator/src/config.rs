@@ -51,6 +51,8 @@ pub struct Sweeps {
     pub ttl_interval: Duration,
     /// `SERVICE_LEASE_SWEEP_INTERVAL_MS` (30000): service lease expiry.
     pub lease_interval: Duration,
+    /// `DEADLINE_SWEEP_INTERVAL_MS` (5000): invocation attempts past their deadline.
+    pub deadline_interval: Duration,
     /// `RETENTION_CLEANUP_INTERVAL_MS` (900000): deletion of old rows.
     pub retention_interval: Duration,
     /// `SWEEPER_BATCH_SIZE` (500): rows per sweeper statement.
@@ -194,6 +196,12 @@ impl CoordinatorConfig {
             lease_interval: millis(number(
                 "SERVICE_LEASE_SWEEP_INTERVAL_MS",
                 30_000,
+                100,
+                DAY * 1000,
+            )?),
+            deadline_interval: millis(number(
+                "DEADLINE_SWEEP_INTERVAL_MS",
+                5_000,
                 100,
                 DAY * 1000,
             )?),

@@ -28,6 +28,8 @@ pub const MAX_KEY_LEN: usize = 255;
 /// A parsed `idempotency-key`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IdempotencyKey {
+    /// The key as sent (an invocation stores it; receipts keep only the digest).
+    pub raw: String,
     /// SHA-256 of the domain-separated key.
     pub digest: [u8; 32],
     /// Sent with `idempotency-key-kind: generated` (shorter retention).
@@ -60,6 +62,7 @@ pub fn from_headers(headers: &HeaderMap) -> Result<Option<IdempotencyKey>, Probl
         .and_then(|v| v.to_str().ok())
         .is_some_and(|kind| kind.eq_ignore_ascii_case("generated"));
     Ok(Some(IdempotencyKey {
+        raw: key.to_owned(),
         digest: hasher.finalize().into(),
         generated,
     }))

@@ -1,4 +1,5 @@
-//! The Coordinator's route table (wire-contract §7.3, §7.4): method, path template, operation,
+//! The Coordinator's route table (wire-contract §7.3, §7.4; services and invocations are
+//! ours, decision 0027): method, path template, operation,
 //! and whether the operator token may call it (§7.1). Every path starts with
 //! `/zones/{zone_id}`; the first path parameter is always the zone.
 
@@ -43,6 +44,28 @@ pub enum Op {
     Traverse,
     /// `GET /zones/{z}/delegations/{id}/impact`.
     Impact,
+    /// `POST /zones/{z}/services`.
+    Register,
+    /// `GET /zones/{z}/services`.
+    Services,
+    /// `GET /zones/{z}/services/{id}`.
+    Service,
+    /// `PATCH /zones/{z}/services/{id}/health`.
+    ServiceHealth,
+    /// `DELETE /zones/{z}/services/{id}`.
+    Deregister,
+    /// `POST /zones/{z}/services/{id}/claim`.
+    Claim,
+    /// `GET /zones/{z}/services/{id}/invocations`.
+    Invocations,
+    /// `POST /zones/{z}/invocations`.
+    Invoke,
+    /// `GET /zones/{z}/invocations/{id}`.
+    Invocation,
+    /// `POST /zones/{z}/invocations/{id}/complete`.
+    Complete,
+    /// `POST /zones/{z}/invocations/{id}/cancel`.
+    Cancel,
 }
 
 /// One route.
@@ -157,6 +180,52 @@ pub const ROUTES: &[Route] = &[
         Op::Impact,
         true,
     ),
+    route(Method::POST, "/zones/{z}/services", Op::Register, false),
+    route(Method::GET, "/zones/{z}/services", Op::Services, true),
+    route(Method::GET, "/zones/{z}/services/{id}", Op::Service, true),
+    route(
+        Method::DELETE,
+        "/zones/{z}/services/{id}",
+        Op::Deregister,
+        true,
+    ),
+    route(
+        Method::PATCH,
+        "/zones/{z}/services/{id}/health",
+        Op::ServiceHealth,
+        false,
+    ),
+    route(
+        Method::POST,
+        "/zones/{z}/services/{id}/claim",
+        Op::Claim,
+        false,
+    ),
+    route(
+        Method::GET,
+        "/zones/{z}/services/{id}/invocations",
+        Op::Invocations,
+        true,
+    ),
+    route(Method::POST, "/zones/{z}/invocations", Op::Invoke, false),
+    route(
+        Method::GET,
+        "/zones/{z}/invocations/{id}",
+        Op::Invocation,
+        true,
+    ),
+    route(
+        Method::POST,
+        "/zones/{z}/invocations/{id}/complete",
+        Op::Complete,
+        false,
+    ),
+    route(
+        Method::POST,
+        "/zones/{z}/invocations/{id}/cancel",
+        Op::Cancel,
+        true,
+    ),
 ];
 
 impl Route {
@@ -254,7 +323,17 @@ mod tests {
             .collect();
         assert_eq!(
             agent_only,
-            vec![Op::Start, Op::Heartbeat, Op::Lease, Op::Delegate]
+            vec![
+                Op::Start,
+                Op::Heartbeat,
+                Op::Lease,
+                Op::Delegate,
+                Op::Register,
+                Op::ServiceHealth,
+                Op::Claim,
+                Op::Invoke,
+                Op::Complete,
+            ]
         );
     }
 }

@@ -11,11 +11,11 @@ use hyper::body::Incoming;
 use crate::{
     auth, delegations,
     error::{CoordError, Problem, refuse, rescue},
-    idempotency,
+    idempotency, invocations,
     metrics::Metrics,
     request::{CoordRequest, Reply},
     routes::{self, Found, Op},
-    sessions,
+    services, sessions,
     state::Coordinator,
 };
 
@@ -159,6 +159,17 @@ async fn dispatch(
         (Op::Outbound, [session]) => delegations::outbound(co, req, session).await,
         (Op::Traverse, [id]) => delegations::traverse(co, req, id).await,
         (Op::Impact, [id]) => delegations::impact(co, req, id).await,
+        (Op::Register, []) => services::register(co, req).await,
+        (Op::Services, []) => services::list(co, req).await,
+        (Op::Service, [id]) => services::get(co, req, id).await,
+        (Op::ServiceHealth, [id]) => services::set_health(co, req, id).await,
+        (Op::Deregister, [id]) => services::deregister(co, req, id).await,
+        (Op::Claim, [id]) => invocations::claim(co, req, id).await,
+        (Op::Invocations, [id]) => invocations::list(co, req, id).await,
+        (Op::Invoke, []) => invocations::create(co, req).await,
+        (Op::Invocation, [id]) => invocations::get(co, req, id).await,
+        (Op::Complete, [id]) => invocations::complete(co, req, id).await,
+        (Op::Cancel, [id]) => invocations::cancel(co, req, id).await,
         _ => Err(CoordError::Internal(format!(
             "route {op:?} matched with {} parameters",
             ids.len()

@@ -507,10 +507,7 @@ pub async fn heartbeat(
     id: &str,
 ) -> Result<Reply, CoordError> {
     let body: HeartbeatBody = req.json()?;
-    if !matches!(
-        body.status.as_str(),
-        "starting" | "healthy" | "degraded" | "unhealthy"
-    ) {
+    if !crate::services::HEALTH.contains(&body.status.as_str()) {
         return Err(Problem::invalid_body(
             "status",
             "must be starting, healthy, degraded or unhealthy",
@@ -545,6 +542,19 @@ pub async fn heartbeat(
         body.metadata.as_ref(),
     )
     .await?;
+    let service = match &body.service_id {
+        None => None,
+        Some(service_id) => Some(
+            crate::services::heartbeat_service(
+                &mut tx,
+                &row.application_id,
+                service_id,
+                &body.status,
+                &req.caller.actor(),
+            )
+            .await?,
+        ),
+    };
     tx.commit().await?;
     Ok(Reply::Json(
         200,
@@ -560,7 +570,7 @@ pub async fn heartbeat(
                 "heartbeat_deadline_at": row.heartbeat_deadline_at.map(views::time),
                 "lease_generation": row.lease_generation,
             },
-            "service": body.service_id.map(|id| json!({"id": id})),
+            "service": service.as_ref().map(views::service),
             "active_invocations": body.active_invocations.unwrap_or(0),
         }),
     ))

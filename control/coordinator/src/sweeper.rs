@@ -7,6 +7,11 @@
 //!   their subtrees ended and their edges revoked, announced like a termination with reason
 //!   `expired`; active edges past their expiry become `expired`, bump the epoch and are
 //!   announced as one `edge_expire` per zone and batch (settled point 6).
+//!   Healthy or degraded agent services silent for longer than the service lease become
+//!   `unhealthy`.
+//! - **Deadlines** (`DEADLINE_SWEEP_INTERVAL_MS`): an invocation attempt past its deadline
+//!   ends as a failure (retried while attempts remain, else `timed_out`); a cancel-requested
+//!   one becomes `canceled`.
 //! - **Retention** (`RETENTION_CLEANUP_INTERVAL_MS`): expired idempotency receipts; ended
 //!   sessions and edges older than `DELEGATION_RETENTION_DAYS`; finished `caracal_outbox`
 //!   rows past `OUTBOX_RETENTION_DAYS` / `OUTBOX_DEAD_RETENTION_DAYS`.
@@ -29,7 +34,7 @@ use control_store::{
 };
 use tokio::sync::watch;
 
-use crate::{error::CoordError, metrics::Metrics, state::Coordinator};
+use crate::{error::CoordError, invocations, metrics::Metrics, state::Coordinator};
 
 /// The Coordinator's sweeper leader lock (storage §11).
 pub const LEADER_LOCK: i64 = 0x4341_5241_3030_3035;
@@ -39,8 +44,10 @@ const ACTOR: &str = "coordinator:sweeper";
 /// Which sweep a round runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Sweep {
-    /// Task TTLs, service leases and edge expiry.
+    /// Task TTLs, service leases, edge expiry and silent services.
     Expiry,
+    /// Invocation attempts past their deadline.
+    Deadlines,
     /// Deletion of old rows.
     Retention,
 }
@@ -51,11 +58,14 @@ pub async fn run(co: Arc<Coordinator>, mut shutdown: watch::Receiver<bool>) {
     let expiry_every = sweeps.ttl_interval.min(sweeps.lease_interval);
     let mut expiry = tokio::time::interval(expiry_every);
     let mut retention = tokio::time::interval(sweeps.retention_interval);
+    let mut deadlines = tokio::time::interval(sweeps.deadline_interval);
     expiry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    deadlines.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     retention.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let sweep = tokio::select! {
             _ = expiry.tick() => Sweep::Expiry,
+            _ = deadlines.tick() => Sweep::Deadlines,
             _ = retention.tick() => Sweep::Retention,
             _ = shutdown.changed() => return,
         };
@@ -78,6 +88,7 @@ pub async fn round(co: &Coordinator, sweep: Sweep) -> Result<bool, CoordError> {
     }
     let outcome = match sweep {
         Sweep::Expiry => expire(co).await,
+        Sweep::Deadlines => deadlines(co).await,
         Sweep::Retention => retain(co).await,
     };
     let released = sweep::stop_leading(&mut leader, LEADER_LOCK).await;
@@ -101,10 +112,20 @@ fn zone_id(zone: &str) -> Result<ZoneId, CoordError> {
 
 async fn expire(co: &Coordinator) -> Result<(), CoordError> {
     let batch = co.config.sweeps.batch;
+    let silent_since = chrono::Utc::now()
+        - chrono::Duration::from_std(invocations::silence_limit(co.config.limits.lease_seconds))
+            .unwrap_or(chrono::Duration::MAX);
     let mut read = cross_zone_read(&co.pool).await?;
     let due = sweep::due_sessions(&mut read, batch).await?;
     let edge_zones = sweep::zones_with_expired_edges(&mut read).await?;
+    let silent_zones = sweep::zones_with_silent_services(&mut read, silent_since).await?;
     read.finish().await?;
+    for zone in silent_zones {
+        let mut tx = zone_tx(&co.pool, &zone_id(&zone)?).await?;
+        let marked = sweep::mark_silent_services(&mut tx, silent_since).await?;
+        tx.commit().await?;
+        tracing::info!(%zone, marked, "silent agent services marked unhealthy");
+    }
     let mut by_zone: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for row in due {
         by_zone.entry(row.zone_id).or_default().push(row.id);
@@ -143,6 +164,23 @@ async fn expire(co: &Coordinator) -> Result<(), CoordError> {
         tx.commit().await?;
         Metrics::add(&co.metrics.edges_ended, expired.len());
         woke = true;
+    }
+    if woke {
+        co.outbox.wake();
+    }
+    Ok(())
+}
+
+async fn deadlines(co: &Coordinator) -> Result<(), CoordError> {
+    let mut read = cross_zone_read(&co.pool).await?;
+    let zones = sweep::zones_with_overdue_invocations(&mut read).await?;
+    read.finish().await?;
+    let mut woke = false;
+    for zone in zones {
+        let mut tx = zone_tx(&co.pool, &zone_id(&zone)?).await?;
+        let ended = invocations::sweep_overdue(&mut tx, &zone, co.config.sweeps.batch).await?;
+        tx.commit().await?;
+        woke |= ended > 0;
     }
     if woke {
         co.outbox.wake();

@@ -2,7 +2,9 @@
 //! RFC 3339 with microseconds; absent values are `null`.
 
 use chrono::{DateTime, SecondsFormat, Utc};
-use control_store::coordinator::{edges::EdgeRow, sessions::AgentSessionRow};
+use control_store::coordinator::{
+    edges::EdgeRow, invocations::InvocationRow, services::ServiceRow, sessions::AgentSessionRow,
+};
 use serde_json::{Value, json};
 
 /// RFC 3339 with microseconds.
@@ -62,6 +64,54 @@ pub fn edge(row: &EdgeRow) -> Value {
         "expires_at": time(row.expires_at),
         "edge_version": row.edge_version,
         "revoked_at": opt_time(row.revoked_at),
+        "created_at": time(row.created_at),
+    })
+}
+
+/// A registered service (`service_id` and `id` both name it).
+pub fn service(row: &ServiceRow) -> Value {
+    json!({
+        "service_id": row.id,
+        "id": row.id,
+        "zone_id": row.zone_id,
+        "application_id": row.application_id,
+        "endpoint_url": row.endpoint_url,
+        "protocol_versions": row.protocol_versions,
+        "framework_name": row.framework_name,
+        "framework_version": row.framework_version,
+        "capabilities": row.capabilities,
+        "health": row.health,
+        "metadata": row.metadata_json,
+        "last_heartbeat_at": opt_time(row.last_heartbeat_at),
+        "created_at": time(row.created_at),
+        "updated_at": time(row.updated_at),
+    })
+}
+
+/// A durable invocation (`invocation_id` and `id` both name it).
+pub fn invocation(row: &InvocationRow) -> Value {
+    json!({
+        "invocation_id": row.id,
+        "id": row.id,
+        "zone_id": row.zone_id,
+        "service_id": row.service_id,
+        "source_session_id": row.source_session_id,
+        "target_session_id": row.target_session_id,
+        "method": row.method,
+        "params": row.params_json,
+        "metadata": row.metadata_json,
+        "status": row.status,
+        "attempts": row.attempts,
+        "max_attempts": row.max_attempts,
+        "timeout_ms": row.timeout_ms,
+        "retry_policy": row.retry_policy_json,
+        "result": row.result_json,
+        "error": row.error_json,
+        "available_at": time(row.available_at),
+        "deadline_at": opt_time(row.deadline_at),
+        "cancel_requested_at": opt_time(row.cancel_requested_at),
+        "started_at": opt_time(row.started_at),
+        "completed_at": opt_time(row.completed_at),
         "created_at": time(row.created_at),
     })
 }

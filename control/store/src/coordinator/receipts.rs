@@ -10,6 +10,8 @@ pub enum Operation {
     SessionStart,
     /// `delegation.create`.
     DelegationCreate,
+    /// `invocation.create`.
+    InvocationCreate,
 }
 
 impl Operation {
@@ -19,6 +21,7 @@ impl Operation {
         match self {
             Self::SessionStart => "session.start",
             Self::DelegationCreate => "delegation.create",
+            Self::InvocationCreate => "invocation.create",
         }
     }
 }

@@ -176,3 +176,49 @@ pub async fn stop_leading(conn: &mut PgConnection, key: i64) -> Result<(), sqlx:
         .await?;
     Ok(())
 }
+
+/// Zones holding running invocations past their deadline (in a cross-zone read).
+pub async fn zones_with_overdue_invocations(
+    conn: &mut PgConnection,
+) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT DISTINCT zone_id FROM agent_invocations \
+          WHERE status IN ('running', 'cancel_requested') AND deadline_at <= now()",
+    )
+    .fetch_all(conn)
+    .await
+}
+
+/// Zones holding healthy or degraded services without a heartbeat (or, never having sent
+/// one, without a change) since before `stale` (in a cross-zone read).
+pub async fn zones_with_silent_services(
+    conn: &mut PgConnection,
+    stale: chrono::DateTime<chrono::Utc>,
+) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT DISTINCT zone_id FROM agent_services \
+          WHERE health IN ('healthy', 'degraded') \
+            AND coalesce(last_heartbeat_at, updated_at) < $1",
+    )
+    .bind(stale)
+    .fetch_all(conn)
+    .await
+}
+
+/// Marks the transaction zone's healthy or degraded services silent since before `stale`
+/// (last heartbeat, else last change) as `unhealthy`; returns how many.
+pub async fn mark_silent_services(
+    conn: &mut PgConnection,
+    stale: chrono::DateTime<chrono::Utc>,
+) -> Result<u64, sqlx::Error> {
+    Ok(sqlx::query(
+        "UPDATE agent_services SET health = 'unhealthy', updated_at = now(), \
+                updated_by = 'coordinator:sweeper' \
+          WHERE health IN ('healthy', 'degraded') \
+            AND coalesce(last_heartbeat_at, updated_at) < $1",
+    )
+    .bind(stale)
+    .execute(conn)
+    .await?
+    .rows_affected())
+}

@@ -15,6 +15,7 @@ mod api_plugins;
 mod api_policy_sets;
 mod api_providers;
 mod coordinator_delegations;
+mod coordinator_invocations;
 mod coordinator_sessions;
 mod fixtures;
 mod gateway;
