@@ -278,18 +278,24 @@ pub struct ClaimRequest<'a> {
 /// Leases up to `batch` due rows of `producer` (storage §7.3): one autocommit `UPDATE … FOR
 /// UPDATE SKIP LOCKED … RETURNING`, which increments `attempts`. Run it outside any
 /// transaction, so the lease is visible to other dispatchers at once.
+///
+/// The rows come back in enqueue order (`created_at`, the enqueueing transaction's start,
+/// then `id`): `RETURNING` follows no order of its own, and a stream must receive a session's
+/// `suspend` before its `resume`.
 pub async fn claim(
     conn: &mut PgConnection,
     table: OutboxTable,
     request: &ClaimRequest<'_>,
 ) -> Result<Vec<ClaimedRow>, sqlx::Error> {
-    sqlx::query_as::<_, ClaimedRow>(table.sql().claim)
+    let mut rows = sqlx::query_as::<_, ClaimedRow>(table.sql().claim)
         .bind(request.lock.as_secs_f64())
         .bind(request.worker)
         .bind(request.producer)
         .bind(request.batch)
         .fetch_all(conn)
-        .await
+        .await?;
+    rows.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+    Ok(rows)
 }
 
 /// Marks rows published (`published_at = now()`, lease and `last_error` cleared); rows no

@@ -233,6 +233,44 @@ async fn published_messages_carry_the_flattened_payload_the_envelope_and_a_valid
 }
 
 #[tokio::test]
+async fn one_round_publishes_its_rows_in_enqueue_order() -> anyhow::Result<()> {
+    let db = TestDb::migrated().await?;
+    let pool = sts_pool(&db).await;
+    let stream = unique_stream("order");
+    for n in 0..12 {
+        enqueue(
+            &pool,
+            "sts",
+            &stream,
+            None,
+            &json!({"zone_id": "z", "n": n}),
+        )
+        .await;
+    }
+    // Rewrite the first half, so their row versions now lie after the second half's: a
+    // claim that returned rows in table order would publish 6..11 before 0..5.
+    let mut admin = db.admin().await?;
+    sqlx::query(
+        "UPDATE caracal.event_outbox SET last_error = 'rewritten' \
+          WHERE topic = $1 AND (payload_json->>'n')::int < 6",
+    )
+    .bind(&stream)
+    .execute(&mut admin)
+    .await?;
+    let mut dispatcher = dispatcher(&pool, &tests_harness::sts::redis_url(), fast_config());
+    assert_eq!(dispatcher.dispatch_once().await?.published, 12);
+    let order: Vec<String> = entries_after(&stream, "0-0")
+        .await
+        .iter()
+        .filter_map(|fields| field(fields, "n").map(str::to_owned))
+        .collect();
+    let expected: Vec<String> = (0..12).map(|n: i32| n.to_string()).collect();
+    assert_eq!(order, expected);
+    delete_stream(&stream).await;
+    Ok(())
+}
+
+#[tokio::test]
 async fn a_wake_publishes_at_once_without_waiting_for_the_poll() -> anyhow::Result<()> {
     tests_harness::init_logs();
     let db = TestDb::migrated().await?;
