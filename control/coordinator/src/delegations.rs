@@ -87,8 +87,7 @@ pub async fn insert_edge(
 
 /// `POST /zones/{z}/delegations`: the checks of authority §2.2, in order.
 pub async fn create(co: &Coordinator, req: &CoordRequest) -> Result<Reply, CoordError> {
-    let raw = req.json_value()?;
-    let body: CreateBody = req.json()?;
+    let (body, raw): (CreateBody, _) = req.json_and_value()?;
     if body.scopes.is_empty()
         || body.scopes.len() > MAX_SCOPES
         || body

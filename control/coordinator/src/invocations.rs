@@ -6,8 +6,6 @@
 //! last attempt). Every transition is announced on `caracal.invocations.lifecycle` through
 //! the outbox (`<event>:<id>:a<attempts>`).
 
-use std::time::Duration;
-
 use control_events::{
     cascade::{Context, Producer},
     streams::INVOCATIONS_LIFECYCLE,
@@ -135,8 +133,7 @@ async fn announce(
 
 /// `POST /zones/{z}/invocations`.
 pub async fn create(co: &Coordinator, req: &CoordRequest) -> Result<Reply, CoordError> {
-    let raw = req.json_value()?;
-    let body: CreateBody = req.json()?;
+    let (body, raw): (CreateBody, _) = req.json_and_value()?;
     let key = req
         .idempotency
         .as_ref()
@@ -487,11 +484,6 @@ pub async fn sweep_overdue(tx: &mut ZoneTx, zone: &str, limit: i64) -> Result<us
         announce(tx, &ctx, ending_event(&ending), &ended).await?;
     }
     Ok(overdue.len())
-}
-
-/// How long a silent service stays healthy: the service lease.
-pub fn silence_limit(lease_seconds: i64) -> Duration {
-    Duration::from_secs(u64::try_from(lease_seconds).unwrap_or(120))
 }
 
 #[cfg(test)]

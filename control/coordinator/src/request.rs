@@ -33,9 +33,10 @@ impl CoordRequest {
         control_http::strict::json(&self.body, self.json_content)
     }
 
-    /// The body as a JSON value (an empty body reads as `{}`), for request digests.
-    pub fn json_value(&self) -> Result<Value, Problem> {
-        self.json()
+    /// The body parsed strictly as `T`, with the JSON value it was read from (for request
+    /// digests).
+    pub fn json_and_value<T: DeserializeOwned>(&self) -> Result<(T, Value), Problem> {
+        control_http::strict::json_and_value(&self.body, self.json_content)
     }
 
     /// The single value of query parameter `name`; empty counts as absent.

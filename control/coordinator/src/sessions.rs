@@ -159,8 +159,7 @@ fn checked_start(body: StartBody) -> Result<Start, Problem> {
 
 /// `POST /zones/{z}/agents`: the rules of authority §2.1, in order.
 pub async fn start(co: &Coordinator, req: &CoordRequest) -> Result<Reply, CoordError> {
-    let raw = req.json_value()?;
-    let body: StartBody = req.json()?;
+    let (body, raw): (StartBody, _) = req.json_and_value()?;
     let start = checked_start(body)?;
     let Caller::Agent(agent) = &req.caller else {
         return Err(CoordError::Internal(

@@ -112,9 +112,9 @@ fn zone_id(zone: &str) -> Result<ZoneId, CoordError> {
 
 async fn expire(co: &Coordinator) -> Result<(), CoordError> {
     let batch = co.config.sweeps.batch;
-    let silent_since = chrono::Utc::now()
-        - chrono::Duration::from_std(invocations::silence_limit(co.config.limits.lease_seconds))
-            .unwrap_or(chrono::Duration::MAX);
+    // A service is silent after one service lease without a heartbeat.
+    let silent_since =
+        chrono::Utc::now() - chrono::Duration::seconds(co.config.limits.lease_seconds);
     let mut read = cross_zone_read(&co.pool).await?;
     let due = sweep::due_sessions(&mut read, batch).await?;
     let edge_zones = sweep::zones_with_expired_edges(&mut read).await?;

@@ -18,17 +18,26 @@ pub const MAX_LIMIT: i64 = 500;
 /// `body` parsed as `T` (an empty body reads as `{}`): 415 `unsupported_media_type` when a
 /// body is not declared JSON (`json_content`), 400 `invalid_body` with one issue otherwise.
 pub fn json<T: DeserializeOwned>(body: &[u8], json_content: bool) -> Result<T, Problem> {
-    if body.is_empty() {
-        return serde_json::from_slice(b"{}").map_err(|e| describe(&e));
-    }
-    if !json_content {
+    json_and_value(body, json_content).map(|(typed, _value)| typed)
+}
+
+/// As [`json`], also returning the body as the JSON value it was read from (for request
+/// digests), from one parse.
+pub fn json_and_value<T: DeserializeOwned>(
+    body: &[u8],
+    json_content: bool,
+) -> Result<(T, Value), Problem> {
+    let value: Value = if body.is_empty() {
+        Value::Object(serde_json::Map::new())
+    } else if !json_content {
         return Err(Problem::new(
             415,
             "unsupported_media_type",
             "request body must be application/json",
         ));
-    }
-    let value: Value = serde_json::from_slice(body).map_err(|e| describe(&e))?;
+    } else {
+        serde_json::from_slice(body).map_err(|e| describe(&e))?
+    };
     // Postgres text cannot hold NUL: refuse it here, as bad input, for every field.
     if holds_nul(&value) {
         return Err(Problem::invalid_body(
@@ -36,7 +45,8 @@ pub fn json<T: DeserializeOwned>(body: &[u8], json_content: bool) -> Result<T, P
             "strings may not contain NUL characters",
         ));
     }
-    serde_json::from_value(value).map_err(|e| describe(&e))
+    let typed = serde_json::from_value(value.clone()).map_err(|e| describe(&e))?;
+    Ok((typed, value))
 }
 
 /// The page asked for by the `limit` (1..=500, default 200) and `cursor` query values.
