@@ -31,6 +31,8 @@ clean-test-dbs:
 # Unit, store, end-to-end and CLI tests; the database tests need `make services`.
 test: clean-test-dbs
 	$(CARGO) test --workspace --locked -- --skip conformance_
+	# The audit ledger's fault run, short form (own Postgres and Redis on free ports).
+	scripts/audit-fault-run.sh --short
 
 e2e: services clean-test-dbs
 	$(CARGO) test -p tests-e2e --locked

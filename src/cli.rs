@@ -60,6 +60,16 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
     },
+    /// Run the audit ledger (default port 9090), or operate on it.
+    ///
+    /// Without a subcommand: serve. Reads DATABASE_URL (as caracal_audit), REDIS_URL,
+    /// AUDIT_HMAC_KEY (AUDIT_HMAC_KEY_PREVIOUS, AUDIT_CHAIN_HMAC_KEY, AUDIT_HMAC_KEYRING_FILE),
+    /// CARACAL_INTERNAL_TOKEN, CARACAL_AUDIT_ADDR and the settings in
+    /// docs/operations/audit.md.
+    Audit {
+        #[command(subcommand)]
+        command: Option<AuditCommand>,
+    },
     /// Generate or check keys.
     Keys {
         #[command(subcommand)]
@@ -82,12 +92,96 @@ enum KeysCommand {
     },
 }
 
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Verify the chain offline: content hashes, links, sequence gaps, HMACs, ingest
+    /// signatures, duplicate ids; exports also against their manifests and anchors.
+    ///
+    /// Exactly one source. Keys from AUDIT_HMAC_KEY (or --hmac-key-env),
+    /// AUDIT_CHAIN_HMAC_KEY, AUDIT_HMAC_KEY_PREVIOUS and --keyring / AUDIT_HMAC_KEYRING_FILE;
+    /// without keys, HMAC checks are reported as skipped. Exit codes: 0 clean, 1 findings (the
+    /// first bad row is named), 2 usage or I/O error.
+    Verify {
+        /// Read the live tables (read only; as caracal_audit or caracal_maintenance).
+        #[arg(long, value_name = "URL")]
+        database_url: Option<String>,
+        /// Read rows from an NDJSON file (one row per line).
+        #[arg(long, value_name = "FILE")]
+        ndjson: Option<PathBuf>,
+        /// Read an export directory.
+        #[arg(long, value_name = "DIR")]
+        export: Option<PathBuf>,
+        /// Only this zone's chain (`*` for the global admin chain with --admin).
+        #[arg(long)]
+        zone: Option<String>,
+        /// Only rows ingested at or after this RFC 3339 time.
+        #[arg(long)]
+        since: Option<String>,
+        /// Only rows with chain_seq at or above this.
+        #[arg(long)]
+        from_seq: Option<i64>,
+        /// Verify the admin chain (admin_audit_events) instead of the ledger.
+        #[arg(long)]
+        admin: bool,
+        /// More keys, one hex key per line (retired keys).
+        #[arg(long, value_name = "FILE")]
+        keyring: Option<PathBuf>,
+        /// The variable holding the key instead of AUDIT_HMAC_KEY.
+        #[arg(long, value_name = "NAME")]
+        hmac_key_env: Option<String>,
+        /// Print the report as one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Browse and operate the dead-letter stream caracal.audit.events.dlq (REDIS_URL).
+    Dlq {
+        #[command(subcommand)]
+        command: DlqCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum DlqCommand {
+    /// Print dead letters, oldest first, one JSON object per line.
+    List {
+        /// Only letters after this dead-letter id.
+        #[arg(long)]
+        after: Option<String>,
+        /// At most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Print one dead letter.
+    Show {
+        /// Its dead-letter id.
+        id: String,
+    },
+    /// Put retryable dead letters (transient_exceeded_max_deliveries:*, pg_permanent_error:*)
+    /// back on the audit stream; the others stay as evidence.
+    Replay {
+        /// Only these dead-letter ids (default: every retryable one).
+        ids: Vec<String>,
+    },
+    /// Delete dead letters older than a time.
+    Purge {
+        /// RFC 3339 time.
+        #[arg(long)]
+        before: String,
+    },
+}
+
 impl Cli {
     /// `info` for long-running roles, `warn` for operator commands.
     pub(crate) fn default_log_filter(&self) -> &'static str {
         match self.command {
-            Command::Sts | Command::Api | Command::Coordinator | Command::Gateway { .. } => "info",
-            Command::Migrate { .. } | Command::Keys { .. } => "warn",
+            Command::Sts
+            | Command::Api
+            | Command::Coordinator
+            | Command::Gateway { .. }
+            | Command::Audit { command: None } => "info",
+            Command::Migrate { .. }
+            | Command::Keys { .. }
+            | Command::Audit { command: Some(_) } => "warn",
         }
     }
 }
@@ -109,6 +203,42 @@ pub(crate) async fn run(cli: Cli) -> ExitCode {
         Command::Gateway { config } => match config {
             Some(file) => run_standalone_gateway(&file).await,
             None => run_gateway().await,
+        },
+        Command::Audit { command } => match command {
+            None => run_audit().await,
+            Some(AuditCommand::Dlq { command }) => dlq(command, &mut stdout).await,
+            Some(AuditCommand::Verify {
+                database_url,
+                ndjson,
+                export,
+                zone,
+                since,
+                from_seq,
+                admin,
+                keyring,
+                hmac_key_env,
+                json,
+            }) => {
+                let args = control_audit::verify::OfflineArgs {
+                    database_url,
+                    ndjson,
+                    export,
+                    zone,
+                    since,
+                    from_seq,
+                    admin,
+                    keyring,
+                    hmac_key_env,
+                    json,
+                };
+                Ok(
+                    match control_audit::verify::offline(args, &mut stdout).await {
+                        0 => ExitStatus::Success,
+                        1 => ExitStatus::Findings,
+                        _ => ExitStatus::Unusable,
+                    },
+                )
+            }
         },
         Command::Keys { command } => match command {
             KeysCommand::Generate => keys::generate(&mut stdout),
@@ -146,6 +276,59 @@ async fn run_coordinator() -> Result<ExitStatus, OpsError> {
     control_coordinator::run(config, &process_env, shutdown_signal())
         .await
         .map_err(|e| OpsError::Unreachable(e.to_string()))?;
+    Ok(ExitStatus::Success)
+}
+
+/// Starts the audit ledger and serves until SIGINT or SIGTERM.
+async fn run_audit() -> Result<ExitStatus, OpsError> {
+    let config = control_audit::AuditConfig::from_lookup(&process_env)
+        .map_err(|e| OpsError::Config(e.to_string()))?;
+    control_audit::run(config, &process_env, shutdown_signal())
+        .await
+        .map_err(|e| match e {
+            control_audit::AuditStartError::Config(_) => OpsError::Config(e.to_string()),
+            _ => OpsError::Unreachable(e.to_string()),
+        })?;
+    Ok(ExitStatus::Success)
+}
+
+/// `caracal audit dlq …` against REDIS_URL.
+async fn dlq(command: DlqCommand, out: &mut dyn std::io::Write) -> Result<ExitStatus, OpsError> {
+    use control_audit::dlq;
+    let url = process_env("REDIS_URL").unwrap_or_else(|| "redis://127.0.0.1:6379".to_owned());
+    let unreachable = |e: redis::RedisError| OpsError::Unreachable(format!("redis: {e}"));
+    let client = redis::Client::open(url.as_str())
+        .map_err(|_bad| OpsError::Config("REDIS_URL is not a valid Redis URL".to_owned()))?;
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .map_err(unreachable)?;
+    let lines: Vec<serde_json::Value> = match command {
+        DlqCommand::List { after, limit } => dlq::list(&mut conn, after.as_deref(), limit)
+            .await
+            .map_err(unreachable)?
+            .into_iter()
+            .map(|letter| serde_json::json!(letter))
+            .collect(),
+        DlqCommand::Show { id } => match dlq::show(&mut conn, &id).await.map_err(unreachable)? {
+            Some(letter) => vec![serde_json::json!(letter)],
+            None => return Err(OpsError::Refused(format!("no dead letter {id}"))),
+        },
+        DlqCommand::Replay { ids } => vec![serde_json::json!(
+            dlq::replay(&mut conn, &ids).await.map_err(unreachable)?
+        )],
+        DlqCommand::Purge { before } => {
+            let before = chrono::DateTime::parse_from_rfc3339(&before)
+                .map_err(|_bad| OpsError::Config("--before must be an RFC 3339 time".to_owned()))?;
+            let purged = dlq::purge_before(&mut conn, before.timestamp_millis())
+                .await
+                .map_err(unreachable)?;
+            vec![serde_json::json!({"purged": purged})]
+        }
+    };
+    for line in lines {
+        writeln!(out, "{line}")?;
+    }
     Ok(ExitStatus::Success)
 }
 

@@ -42,6 +42,13 @@ pub struct ApiConfig {
     /// Outbox retention: `OUTBOX_RETENTION_DAYS` (7), `OUTBOX_DEAD_RETENTION_DAYS` (30),
     /// `OUTBOX_RETENTION_INTERVAL_SECONDS` (3600).
     pub retention: crate::retention::RetentionConfig,
+    /// `CARACAL_AUDIT_URL` (default `http://127.0.0.1:9090`): the audit service, which
+    /// answers the audit reads (storage §8.9). An http(s) origin, kept without a trailing
+    /// slash.
+    pub audit_url: String,
+    /// `CARACAL_INTERNAL_TOKEN` / `_FILE`: the bearer of the audit service's internal
+    /// endpoint. Without it the audit reads answer 503 `audit_unavailable`.
+    pub internal_token: Option<Zeroizing<String>>,
 }
 
 impl std::fmt::Debug for ApiConfig {
@@ -54,6 +61,11 @@ impl std::fmt::Debug for ApiConfig {
                 &self.bootstrap_token.as_ref().map(|_set| "<set>"),
             )
             .field("max_connections", &self.max_connections)
+            .field("audit_url", &self.audit_url)
+            .field(
+                "internal_token",
+                &self.internal_token.as_ref().map(|_set| "<set>"),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -65,6 +77,9 @@ pub struct ConfigError(pub String);
 
 /// The shortest bootstrap token accepted: it is a password-equivalent.
 const MIN_BOOTSTRAP_TOKEN_LEN: usize = 32;
+
+/// The shortest internal token accepted (the audit service refuses shorter ones too).
+const MIN_INTERNAL_TOKEN_LEN: usize = 32;
 
 impl ApiConfig {
     /// Reads and validates every setting.
@@ -172,9 +187,26 @@ impl ApiConfig {
             1000,
         )?)
         .map_err(|e| ConfigError(e.to_string()))?;
+        let audit_url = audit_url(lookup)?;
+        let internal_token = control_store::settings::role::secret(
+            lookup,
+            "CARACAL_INTERNAL_TOKEN",
+            "CARACAL_INTERNAL_TOKEN_FILE",
+        )
+        .map_err(ConfigError)?;
+        if let Some(token) = &internal_token
+            && (token.len() < MIN_INTERNAL_TOKEN_LEN
+                || !token.bytes().all(|b| b.is_ascii_graphic()))
+        {
+            return Err(ConfigError(format!(
+                "CARACAL_INTERNAL_TOKEN must be at least {MIN_INTERNAL_TOKEN_LEN} printable ASCII characters"
+            )));
+        }
         Ok(Self {
             bind,
             policy,
+            audit_url,
+            internal_token: internal_token.map(Zeroizing::new),
             retention,
             auth_failures_per_minute,
             redis_url: lookup("REDIS_URL").unwrap_or_else(|| "redis://127.0.0.1:6379".to_owned()),
@@ -192,10 +224,89 @@ impl ApiConfig {
     }
 }
 
+/// `CARACAL_AUDIT_URL`: `http://` or `https://` with a host, no user info, path, query or
+/// fragment (a trailing `/` is dropped).
+fn audit_url(lookup: Lookup<'_>) -> Result<String, ConfigError> {
+    let raw = lookup("CARACAL_AUDIT_URL").unwrap_or_else(|| "http://127.0.0.1:9090".to_owned());
+    let url = raw.trim().trim_end_matches('/');
+    let bad = || {
+        ConfigError(
+            "CARACAL_AUDIT_URL must be an http(s) origin such as http://127.0.0.1:9090".to_owned(),
+        )
+    };
+    let uri: http::Uri = url.parse().map_err(|_invalid| bad())?;
+    let scheme_ok = matches!(uri.scheme_str(), Some("http" | "https"));
+    let origin_only = uri
+        .path_and_query()
+        .is_none_or(|p| p.as_str().is_empty() || p == "/");
+    let host_ok = uri
+        .authority()
+        .is_some_and(|a| !a.host().is_empty() && !a.as_str().contains('@'));
+    if !(scheme_ok && origin_only && host_ok) || url.contains(['#', '?']) {
+        return Err(bad());
+    }
+    Ok(url.to_owned())
+}
+
 fn hostname() -> String {
     std::fs::read_to_string("/etc/hostname")
         .ok()
         .map(|h| h.trim().to_owned())
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "api".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    fn config(pairs: &[(&str, &str)]) -> Result<ApiConfig, ConfigError> {
+        let kek = "7a".repeat(32);
+        let map: HashMap<String, String> = [("ZONE_KEK", kek.as_str())]
+            .iter()
+            .chain(pairs)
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        ApiConfig::from_lookup(&move |name: &str| map.get(name).cloned())
+    }
+
+    #[test]
+    fn the_audit_service_defaults_to_the_local_port_9090_without_a_token() {
+        let c = config(&[]).unwrap();
+        assert_eq!(c.audit_url, "http://127.0.0.1:9090");
+        assert!(c.internal_token.is_none());
+        let c = config(&[("CARACAL_AUDIT_URL", "https://audit.internal:9443/")]).unwrap();
+        assert_eq!(c.audit_url, "https://audit.internal:9443");
+    }
+
+    #[test]
+    fn a_bad_audit_url_or_internal_token_names_its_variable_and_never_the_token() {
+        for url in [
+            "ftp://x",
+            "audit:9090",
+            "http://",
+            "http://u:p@audit:9090",
+            "http://audit:9090/v1",
+            "http://audit:9090?x=1",
+        ] {
+            let error = config(&[("CARACAL_AUDIT_URL", url)])
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains("CARACAL_AUDIT_URL"), "{url}: {error}");
+        }
+        let error = config(&[("CARACAL_INTERNAL_TOKEN", "short-secret")])
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("CARACAL_INTERNAL_TOKEN"), "{error}");
+        assert!(!error.contains("short-secret"), "{error}");
+        let token = "t".repeat(40);
+        let c = config(&[("CARACAL_INTERNAL_TOKEN", token.as_str())]).unwrap();
+        assert_eq!(
+            c.internal_token.as_deref().map(String::as_str),
+            Some(token.as_str())
+        );
+        assert!(!format!("{c:?}").contains(&token));
+    }
 }

@@ -23,6 +23,10 @@ pub enum ApiError {
     /// Redis failed.
     #[error("redis: {0}")]
     Redis(String),
+    /// The audit service, which answers the audit reads, cannot be used (no internal
+    /// token, unreachable, too slow, or refusing the API itself).
+    #[error("audit service: {0}")]
+    AuditUnavailable(String),
     /// Hashing or sealing failed.
     #[error("crypto: {0}")]
     Crypto(String),
@@ -45,6 +49,9 @@ pub fn rescue(err: &ApiError) -> Problem {
             Problem::new(503, "database_unavailable", "database unavailable")
         }
         ApiError::Redis(_) => Problem::new(503, "redis_unavailable", "redis unavailable"),
+        ApiError::AuditUnavailable(_) => {
+            Problem::new(503, "audit_unavailable", "audit service unavailable")
+        }
         ApiError::Crypto(_) | ApiError::Internal(_) => {
             Problem::new(500, "internal_error", "internal error")
         }

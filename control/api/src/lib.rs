@@ -18,6 +18,7 @@
 
 pub mod areas;
 pub mod audit;
+pub mod audit_service;
 pub mod auth;
 pub mod components;
 pub mod config;
@@ -115,6 +116,9 @@ pub async fn start_with_listener(
         max_connections: config.max_connections,
         ..control_http::ServeConfig::default()
     };
+    // Audit reads are forwarded to the audit service: this role has no rights on
+    // `audit_events` (settled point 3).
+    let audit_service = audit_service::AuditService::new(&config);
     let api = Arc::new(state::Api {
         pool,
         config,
@@ -132,6 +136,7 @@ pub async fn start_with_listener(
         outbox,
         components,
         uploads: tokio::sync::Semaphore::new(state::MAX_UPLOADS),
+        audit_service,
     });
     let outbox_task = dispatcher.spawn(shutdown_rx.clone());
     let retention_task = tokio::spawn(retention::run(

@@ -90,10 +90,11 @@ fn common_refusals(route: &Route) -> Vec<(u16, &'static str)> {
             (503, "too_many_uploads"),
         ]),
     }
-    if matches!(route.answer, Answer::Page(_)) || !route.query.is_empty() {
+    let paged = matches!(route.answer, Answer::Page(_) | Answer::PageOf(..));
+    if paged || !route.query.is_empty() {
         refusals.push((400, "invalid_query"));
     }
-    if matches!(route.answer, Answer::Page(_)) {
+    if paged {
         refusals.push((400, "invalid_cursor"));
     }
     refusals
@@ -133,6 +134,29 @@ pub fn document() -> Value {
                     },
                 });
                 responses.insert("200".to_owned(), json!({"description": route.summary, "content": {"application/json": {"schema": page}}}));
+            }
+            Answer::PageOf(schema, shape) => {
+                parameters.push(json!({"name": "limit", "in": "query", "required": false, "schema": {"type": "integer", "minimum": 1, "maximum": shape.max_limit, "default": shape.default_limit}}));
+                parameters.push(json!({"name": "cursor", "in": "query", "required": false, "schema": {"type": "string"}}));
+                let page = json!({
+                    "type": "object",
+                    "required": ["items", "next_cursor"],
+                    "properties": {
+                        "items": {"type": "array", "items": Value::from(schema(&mut answers))},
+                        "next_cursor": {"type": ["string", "null"]},
+                    },
+                });
+                let mut content = json!({"application/json": {"schema": page}});
+                let mut response = json!({"description": route.summary});
+                if shape.csv {
+                    content["text/csv"] = json!({"schema": {"type": "string"}});
+                    response["headers"] = json!({
+                        "content-disposition": {"description": "`attachment; filename=\"audit.csv\"` for CSV", "schema": {"type": "string"}},
+                        "x-next-cursor": {"description": "CSV only: the cursor of the next part, when more follows", "schema": {"type": "string"}},
+                    });
+                }
+                response["content"] = content;
+                responses.insert("200".to_owned(), response);
             }
             Answer::Array(schema) => {
                 let array = json!({"type": "array", "items": Value::from(schema(&mut answers))});

@@ -62,6 +62,8 @@ pub enum Answer {
     Json(u16, SchemaFn),
     /// `{items: [T], next_cursor}` with 200; adds `cursor` and `limit` parameters.
     Page(SchemaFn),
+    /// A page with its own limits, and optionally the same rows as a CSV download.
+    PageOf(SchemaFn, PageShape),
     /// A bare JSON array of `T` with 200.
     Array(SchemaFn),
     /// 202 with a JSON object.
@@ -70,6 +72,18 @@ pub enum Answer {
     NoContent,
     /// 200 with raw bytes of this media type.
     Bytes(&'static str),
+}
+
+/// The limits and formats of an [`Answer::PageOf`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PageShape {
+    /// `limit` when absent.
+    pub default_limit: i64,
+    /// The largest `limit`.
+    pub max_limit: i64,
+    /// Whether `format=csv` answers `text/csv` (an attachment, continued by the
+    /// `X-Next-Cursor` header).
+    pub csv: bool,
 }
 
 /// Which zone the capability check compares a zone token against.

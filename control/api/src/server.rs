@@ -8,8 +8,9 @@ use hyper::body::Incoming;
 
 use crate::{
     areas::{
-        Reply, admin_tokens, applications, approvals, grants, plugin_bindings, plugins, policies,
-        policy_sets, providers, resources, subject_issuers, subjects, views, zones_area,
+        Reply, admin_tokens, applications, approvals, audit_reads, grants, plugin_bindings,
+        plugins, policies, policy_sets, providers, resources, subject_issuers, subjects, views,
+        zones_area,
     },
     auth,
     error::{ApiError, Problem, rescue},
@@ -168,6 +169,25 @@ async fn admin(
     match call(area, api, &request, route.op, &params).await? {
         Reply::Json(status, value) => Ok(respond::json(status, &value)),
         Reply::Bytes(media_type, bytes) => Ok(respond::bytes(200, media_type, bytes)),
+        Reply::Download {
+            media_type,
+            disposition,
+            next_cursor,
+            body,
+        } => {
+            let mut response = respond::bytes(200, media_type, body);
+            let headers = response.headers_mut();
+            headers.insert(
+                header::CONTENT_DISPOSITION,
+                http::HeaderValue::from_static(disposition),
+            );
+            if let Some(value) =
+                next_cursor.and_then(|cursor| http::HeaderValue::from_str(&cursor).ok())
+            {
+                headers.insert(crate::audit_service::NEXT_CURSOR_HEADER, value);
+            }
+            Ok(response)
+        }
         Reply::NoContent => Ok(respond::empty(204)),
     }
 }
@@ -199,9 +219,10 @@ enum Area {
     Subjects,
     Views,
     AdminTokens,
+    AuditReads,
 }
 
-const AREAS: [(Area, &[Route]); 14] = [
+const AREAS: [(Area, &[Route]); 15] = [
     (Area::Zones, zones_area::ROUTES),
     (Area::Applications, applications::ROUTES),
     (Area::Providers, providers::ROUTES),
@@ -216,6 +237,7 @@ const AREAS: [(Area, &[Route]); 14] = [
     (Area::Subjects, subjects::ROUTES),
     (Area::Views, views::ROUTES),
     (Area::AdminTokens, admin_tokens::ROUTES),
+    (Area::AuditReads, audit_reads::ROUTES),
 ];
 
 /// Every route the API serves, in table order.
@@ -245,6 +267,7 @@ async fn call(
         Area::Subjects => subjects::handle(api, req, op, p).await,
         Area::Views => views::handle(api, req, op, p).await,
         Area::AdminTokens => admin_tokens::handle(api, req, op, p).await,
+        Area::AuditReads => audit_reads::handle(api, req, op, p).await,
     }
 }
 

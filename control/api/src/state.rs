@@ -31,6 +31,8 @@ pub struct Api {
     pub components: Components,
     /// Slots of raw uploads read and handled at once ([`MAX_UPLOADS`]).
     pub uploads: Semaphore,
+    /// The audit service, which answers the audit reads.
+    pub audit_service: crate::audit_service::AuditService,
 }
 
 /// Raw uploads (plugin components, up to 32 MiB each) the API reads and handles at once.

@@ -266,16 +266,9 @@ fn secret_setting(
     var: &str,
     file_var: &str,
 ) -> Result<Option<Zeroizing<String>>, ConfigError> {
-    match (lookup(var), lookup(file_var)) {
-        (Some(_), Some(_)) => Err(ConfigError(format!("set {var} or {file_var}, not both"))),
-        (Some(value), None) => Ok(Some(Zeroizing::new(value.trim().to_owned()))),
-        (None, Some(path)) => {
-            let text = std::fs::read_to_string(&path)
-                .map_err(|e| ConfigError(format!("{file_var} cannot be read: {}", e.kind())))?;
-            Ok(Some(Zeroizing::new(text.trim().to_owned())))
-        }
-        (None, None) => Ok(None),
-    }
+    role::secret(lookup, var, file_var)
+        .map(|value| value.map(Zeroizing::new))
+        .map_err(ConfigError)
 }
 
 #[cfg(test)]

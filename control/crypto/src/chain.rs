@@ -16,6 +16,8 @@ pub const AUDIT_CONTENT_DOMAIN: &str = "caracal.audit.v1";
 pub const ADMIN_AUDIT_CONTENT_DOMAIN: &str = "caracal.admin_audit.v1";
 /// Domain of chain HMACs.
 pub const CHAIN_DOMAIN: &str = "caracal.audit.chain.v1";
+/// Domain of the ledger's ingest signatures.
+pub const INGEST_DOMAIN: &str = "caracal.audit.ingest.v1";
 
 /// The canonical members could not be serialised (a non-finite number cannot occur in a
 /// `serde_json::Value`, so this is an invariant failure).
@@ -68,6 +70,23 @@ pub fn chain_hmac(
     )
 }
 
+/// The ledger's signature over a row's content hash and its `ingested_at` (rendered
+/// `YYYY-MM-DDTHH:MM:SS.ffffffZ`): `HMAC-SHA256(K, "caracal.audit.ingest.v1" LF hex(content)
+/// LF ingested_at)`.
+pub fn ingest_signature(key: &HmacKey, content: &[u8], ingested_at: &str) -> [u8; 32] {
+    let content = hex::encode(content);
+    hmac_sha256(
+        key,
+        &[
+            INGEST_DOMAIN.as_bytes(),
+            b"\n",
+            content.as_bytes(),
+            b"\n",
+            ingested_at.as_bytes(),
+        ],
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -90,6 +109,14 @@ mod tests {
             "24bab472817576294a9f8423cb8ced8ba2df503fa5df8b29ea982df02ceeb577"
         );
         assert_eq!(key.chain_key_id(), "615883fe5fe1bb57");
+        assert_eq!(
+            hex::encode(ingest_signature(
+                &key,
+                &content,
+                "2026-05-21T12:00:01.000000Z"
+            )),
+            "140f1f3838e8bfa1b3bc9055e190e1576d2f03f7ef37162f3167b34eb534b045"
+        );
     }
 
     #[test]

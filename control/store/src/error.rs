@@ -66,6 +66,51 @@ impl StoreError {
             _ => false,
         }
     }
+
+    /// True when the failure is expected to pass by itself (storage §8.4 step 5): the
+    /// database unreachable or restarting, too many connections, out of memory, a
+    /// serialization failure or deadlock, or a timeout. Everything else is permanent.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            StoreError::Config(_) => false,
+            StoreError::Connect { .. } => true,
+            StoreError::Database(err) => match sqlstate(err) {
+                Some(code) => {
+                    code.starts_with("08")
+                        || matches!(
+                            code.as_str(),
+                            "40001"
+                                | "40P01"
+                                | "53300"
+                                | "53400"
+                                | "57P01"
+                                | "57P02"
+                                | "57P03"
+                                | "57014"
+                                | "55P03"
+                        )
+                }
+                None => !matches!(
+                    err,
+                    sqlx::Error::ColumnDecode { .. }
+                        | sqlx::Error::ColumnNotFound(_)
+                        | sqlx::Error::ColumnIndexOutOfBounds { .. }
+                        | sqlx::Error::TypeNotFound { .. }
+                        | sqlx::Error::Decode(_)
+                        | sqlx::Error::Encode(_)
+                        | sqlx::Error::RowNotFound
+                ),
+            },
+        }
+    }
+
+    /// The SQLSTATE when a statement failed with one.
+    pub fn sqlstate(&self) -> Option<String> {
+        match self {
+            StoreError::Database(err) => sqlstate(err),
+            _ => None,
+        }
+    }
 }
 
 /// The SQLSTATE of a database error, when it is one.

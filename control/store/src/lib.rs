@@ -28,6 +28,7 @@
 pub mod admin;
 pub mod applications;
 pub mod approvals;
+pub mod audit;
 pub mod authority_records;
 pub mod cascade;
 pub mod coordinator;

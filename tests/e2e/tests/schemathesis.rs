@@ -14,6 +14,7 @@
 use tests_harness::{
     TestDb,
     api::{ApiFixture, BOOTSTRAP_TOKEN},
+    audit::{AuditFixture, INTERNAL_TOKEN},
 };
 
 /// Examples per operation; a few seconds per operation on this machine.
@@ -30,9 +31,19 @@ async fn conformance_schemathesis_finds_no_server_error_and_no_schema_violation(
         .await?;
     assert!(setup.success(), "the schemathesis venv could not be built");
     let db = TestDb::migrated().await?;
+    // The audit routes forward to a real ledger.
+    let audit = AuditFixture::start(&db).await?;
+    let audit_url = format!("http://{}", audit.addr);
     // schemathesis also sends requests without a token; they must not lock it out.
-    let api =
-        ApiFixture::start_with(&db, &[("CARACAL_API_AUTH_FAILURES_PER_MINUTE", "1000000")]).await?;
+    let api = ApiFixture::start_with(
+        &db,
+        &[
+            ("CARACAL_API_AUTH_FAILURES_PER_MINUTE", "1000000"),
+            ("CARACAL_AUDIT_URL", audit_url.as_str()),
+            ("CARACAL_INTERNAL_TOKEN", INTERNAL_TOKEN),
+        ],
+    )
+    .await?;
     let created = api
         .admin(
             "POST",
@@ -66,6 +77,7 @@ async fn conformance_schemathesis_finds_no_server_error_and_no_schema_violation(
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     api.stop().await;
+    audit.stop().await;
     println!("{stdout}");
     assert!(
         output.status.success(),

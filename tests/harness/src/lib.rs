@@ -7,6 +7,7 @@
 //! database. Later issues add the role servers on `127.0.0.1:0` and echo upstreams here.
 
 pub mod api;
+pub mod audit;
 pub mod coordinator;
 pub mod gateway;
 pub mod http;

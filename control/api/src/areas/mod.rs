@@ -17,6 +17,7 @@ use crate::{
 pub mod admin_tokens;
 pub mod applications;
 pub mod approvals;
+pub mod audit_reads;
 pub mod grants;
 pub mod plugin_bindings;
 pub mod plugins;
@@ -36,6 +37,18 @@ pub enum Reply {
     Json(u16, Value),
     /// 200 with raw bytes of a media type.
     Bytes(&'static str, bytes::Bytes),
+    /// 200 with a file to save: raw bytes, `Content-Disposition: attachment`, and the
+    /// continuation of an export in `X-Next-Cursor` when more follows.
+    Download {
+        /// `Content-Type`.
+        media_type: &'static str,
+        /// `Content-Disposition`.
+        disposition: &'static str,
+        /// The cursor of the next part.
+        next_cursor: Option<String>,
+        /// The file.
+        body: bytes::Bytes,
+    },
     /// 204.
     NoContent,
 }

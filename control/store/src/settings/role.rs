@@ -50,6 +50,19 @@ pub fn number(
     }
 }
 
+/// A secret from `var` or from the file named by `file_var` (not both), trimmed; `None` when
+/// neither is set. The error names the variables and the I/O error kind, never content.
+pub fn secret(lookup: Lookup<'_>, var: &str, file_var: &str) -> Result<Option<String>, String> {
+    match (lookup(var), lookup(file_var)) {
+        (Some(_), Some(_)) => Err(format!("set {var} or {file_var}, not both")),
+        (Some(value), None) => Ok(Some(value.trim().to_owned())),
+        (None, Some(path)) => std::fs::read_to_string(&path)
+            .map(|text| Some(text.trim().to_owned()))
+            .map_err(|e| format!("{file_var} cannot be read: {}", e.kind())),
+        (None, None) => Ok(None),
+    }
+}
+
 /// `CARACAL_INSTANCE_ID`, else `HOSTNAME`, else `/etc/hostname`, else `fallback`.
 pub fn instance_id(lookup: Lookup<'_>, fallback: &str) -> String {
     lookup("CARACAL_INSTANCE_ID")
