@@ -71,7 +71,8 @@ pub async fn run_due(
     now: DateTime<Utc>,
 ) -> Result<u32, ExportError> {
     let hour_len = chrono::Duration::hours(1);
-    let grace = chrono::Duration::from_std(grace).unwrap_or(chrono::Duration::MAX);
+    // AUDIT_EXPORT_GRACE_SECS is at most a day; a value chrono cannot hold waits a day.
+    let grace = chrono::Duration::from_std(grace).unwrap_or(chrono::Duration::days(1));
     let this_hour = now.duration_trunc(hour_len).unwrap_or(now);
     let mut hour = {
         let mut conn = pool.acquire().await?;

@@ -188,14 +188,16 @@ pub async fn retention_once(
         .metrics
         .partitions_created
         .fetch_add(u64::try_from(created).unwrap_or(0), Ordering::Relaxed);
-    let cutoff = now
-        - chrono::Duration::from_std(context.settings.retention).unwrap_or(chrono::Duration::MAX);
+    let cutoff = chrono::Duration::from_std(context.settings.retention)
+        .ok()
+        .and_then(|retention| now.checked_sub_signed(retention))
+        .unwrap_or(DateTime::<Utc>::UNIX_EPOCH);
     let exported_through = if context.settings.export_dir.is_some() {
         // The watermark names the last exported hour's start; everything before its end is out.
         Some(
             partitions::watermark(&mut conn, export::WATERMARK)
                 .await?
-                .map_or(DateTime::<Utc>::MIN_UTC, |hour| {
+                .map_or(DateTime::<Utc>::UNIX_EPOCH, |hour| {
                     hour + chrono::Duration::hours(1)
                 }),
         )

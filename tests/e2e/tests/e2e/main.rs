@@ -15,6 +15,7 @@ mod api_plugins;
 mod api_policy_sets;
 mod api_providers;
 mod audit_ingest;
+mod audit_leaders;
 mod audit_query;
 mod audit_verify;
 mod coordinator_delegations;
