@@ -263,8 +263,8 @@ fn is_identifier(text: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
 }
 
-/// `^[a-z0-9_.]{1,64}$`.
-fn is_event_type(text: &str) -> bool {
+/// `^[a-z0-9_.]{1,64}$`, the stored rule for event types (also the query filter's).
+pub(crate) fn is_event_type(text: &str) -> bool {
     (1..=64).contains(&text.len())
         && text
             .bytes()

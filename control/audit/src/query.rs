@@ -14,7 +14,7 @@
 //! page then ends early, its `next_cursor` set).
 
 use bytes::Bytes;
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Utc};
 use control_http::{Body, problem::Problem, respond};
 use control_model::{
     ZoneId,
@@ -28,6 +28,8 @@ use control_store::{
 use http::{HeaderValue, Response};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
+
+use crate::canonical::{format_time, is_event_type};
 
 /// Default page size of event queries.
 pub const EVENTS_DEFAULT_LIMIT: i64 = 100;
@@ -320,7 +322,7 @@ pub async fn run(pool: &sqlx::PgPool, request: QueryRequest) -> Result<QueryAnsw
         Fetched::ByRequest(rows) if rows.is_empty() => Err(QueryError::RequestNotFound),
         Fetched::ByRequest(mut rows) => {
             rows.iter_mut().for_each(redact_event);
-            Ok(by_request_json(&rows))
+            Ok(by_request_json(rows))
         }
         Fetched::Admin(mut page) => {
             page.items
@@ -495,14 +497,6 @@ fn check_text(name: &str, value: &str) -> Result<(), QueryError> {
     Ok(())
 }
 
-/// `^[a-z0-9_.]{1,64}$`, the stored rule for event types.
-fn is_event_type(value: &str) -> bool {
-    (1..=64).contains(&value.len())
-        && value
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'.')
-}
-
 /// The indexes of `names` in [`EVENT_FIELDS`]: each known, none twice, at least one.
 fn projection(names: &[String]) -> Result<Vec<usize>, QueryError> {
     if names.is_empty() {
@@ -633,10 +627,6 @@ impl Cell<'_> {
     }
 }
 
-fn format_time(at: DateTime<Utc>) -> String {
-    at.to_rfc3339_opts(SecondsFormat::Micros, true)
-}
-
 /// The cell of `EVENT_FIELDS[index]`.
 fn event_cell(row: &EventRow, index: usize) -> Cell<'_> {
     match index {
@@ -750,10 +740,10 @@ fn admin_json(page: Page<AdminAuditRow>) -> QueryAnswer {
 }
 
 /// The bare array of one request's events, up to [`MAX_ANSWER_BYTES`].
-fn by_request_json(rows: &[EventRow]) -> QueryAnswer {
+fn by_request_json(rows: Vec<EventRow>) -> QueryAnswer {
     let all: Vec<usize> = (0..EVENT_FIELDS.len()).collect();
     let page = Page {
-        items: rows.to_vec(),
+        items: rows,
         next: None,
     };
     let (items, _more) = within_budget(&page, |row| event_item(row, &all).to_string().into_bytes());
