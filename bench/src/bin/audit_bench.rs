@@ -242,7 +242,7 @@ async fn main() -> anyhow::Result<()> {
         producer: Some(producer_key()?),
         producer_previous: None,
         chain: Some(producer_key()?),
-        keyring: vec![producer_key()?],
+        retired: Vec::new(),
     };
     let pool = db.service_pool(control_store::ServiceRole::Audit).await?;
     let metrics = control_audit::metrics::Metrics::default();

@@ -1634,7 +1634,7 @@ async fn check(
         producer: Some(key.clone()),
         producer_previous: None,
         chain: Some(key.clone()),
-        keyring: vec![key.clone()],
+        retired: Vec::new(),
     };
     let metrics = control_audit::metrics::Metrics::default();
     let sweep_started = Instant::now();

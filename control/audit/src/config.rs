@@ -27,17 +27,9 @@ pub struct LedgerKeys {
     pub producer_previous: Option<HmacKey>,
     /// `AUDIT_CHAIN_HMAC_KEY`, else `AUDIT_HMAC_KEY`: chains and signs rows.
     pub chain: Option<HmacKey>,
-    /// The chain key, the previous producer key and `AUDIT_HMAC_KEYRING_FILE`: every key
-    /// the sweep may find named by a row's `chain_key_id`.
-    pub keyring: Vec<HmacKey>,
-}
-
-impl LedgerKeys {
-    /// The key whose id is `key_id`.
-    #[must_use]
-    pub fn find(&self, key_id: &str) -> Option<&HmacKey> {
-        self.keyring.iter().find(|key| key.chain_key_id() == key_id)
-    }
+    /// `AUDIT_HMAC_KEYRING_FILE`: retired keys the sweep may find named by a row's
+    /// `chain_key_id`. The sweep's lookup of every key is `verify::Keyring::from_ledger_keys`.
+    pub retired: Vec<HmacKey>,
 }
 
 /// Ingest settings (storage §6.5, §8.4).
@@ -230,19 +222,15 @@ fn keys(lookup: Lookup<'_>) -> Result<LedgerKeys, ConfigError> {
     let producer = key("AUDIT_HMAC_KEY")?;
     let producer_previous = key("AUDIT_HMAC_KEY_PREVIOUS")?;
     let chain = key("AUDIT_CHAIN_HMAC_KEY")?.or_else(|| producer.clone());
-    let mut keyring: Vec<HmacKey> = chain
-        .iter()
-        .chain(producer_previous.iter())
-        .cloned()
-        .collect();
-    if let Some(path) = lookup("AUDIT_HMAC_KEYRING_FILE") {
-        keyring.extend(read_keyring(&path)?);
-    }
+    let retired = match lookup("AUDIT_HMAC_KEYRING_FILE") {
+        Some(path) => read_keyring(&path)?,
+        None => Vec::new(),
+    };
     Ok(LedgerKeys {
         producer,
         producer_previous,
         chain,
-        keyring,
+        retired,
     })
 }
 
@@ -307,7 +295,8 @@ mod tests {
             c.keys.chain.as_ref().unwrap().chain_key_id(),
             "615883fe5fe1bb57"
         );
-        assert!(c.keys.find("615883fe5fe1bb57").is_some());
+        let ring = crate::verify::Keyring::from_ledger_keys(&c.keys);
+        assert!(ring.find("615883fe5fe1bb57").is_some());
     }
 
     #[test]

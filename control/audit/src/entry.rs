@@ -113,7 +113,7 @@ mod tests {
             producer: Some(key.clone()),
             producer_previous: None,
             chain: Some(key.clone()),
-            keyring: vec![key],
+            retired: Vec::new(),
         }
     }
 

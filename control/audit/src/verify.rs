@@ -148,7 +148,7 @@ impl Keyring {
                 .iter()
                 .chain(keys.producer.iter())
                 .chain(keys.producer_previous.iter())
-                .chain(keys.keyring.iter())
+                .chain(keys.retired.iter())
                 .cloned(),
         )
     }

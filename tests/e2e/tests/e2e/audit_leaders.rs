@@ -28,7 +28,7 @@ fn keys() -> LedgerKeys {
         producer: Some(key.clone()),
         producer_previous: None,
         chain: Some(key.clone()),
-        keyring: vec![key],
+        retired: Vec::new(),
     }
 }
 

@@ -55,7 +55,7 @@ fn ledger_keys(hex: &str) -> LedgerKeys {
         producer: Some(key.clone()),
         producer_previous: None,
         chain: Some(key.clone()),
-        keyring: vec![key],
+        retired: Vec::new(),
     }
 }
 
