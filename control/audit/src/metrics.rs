@@ -25,8 +25,6 @@ pub struct Metrics {
     pub claimed: AtomicU64,
     /// Entries reported deleted by `XAUTOCLAIM` (`missing_entry`).
     pub missing_entries: AtomicU64,
-    /// Stream trims.
-    pub trims: AtomicU64,
     /// Unix ms of the last successful read (0 before the first).
     pub last_read_ms: AtomicI64,
     /// Rows checked by the tamper sweep.
@@ -104,7 +102,7 @@ impl Metrics {
     pub fn render(&self) -> String {
         use std::fmt::Write as _;
         let mut out = String::new();
-        let counters: [(&str, &AtomicU64); 17] = [
+        let counters: [(&str, &AtomicU64); 16] = [
             ("caracal_audit_ingested_total", &self.ingested),
             ("caracal_audit_duplicates_total", &self.duplicates),
             ("caracal_audit_batches_total", &self.batches),
@@ -114,7 +112,6 @@ impl Metrics {
             ),
             ("caracal_audit_claimed_total", &self.claimed),
             ("caracal_audit_missing_entries_total", &self.missing_entries),
-            ("caracal_audit_stream_trims_total", &self.trims),
             ("caracal_audit_tamper_checked_total", &self.tamper_checked),
             ("caracal_audit_tamper_mismatch_total", &self.tamper_mismatch),
             (

@@ -282,6 +282,11 @@ impl AuditState {
         for (name, value) in gauges {
             let _ = writeln!(out, "# TYPE {name} gauge\n{name} {value}");
         }
+        let trims = self.stream.trims.load(Ordering::Relaxed);
+        let _ = writeln!(
+            out,
+            "# TYPE caracal_audit_stream_trims_total counter\ncaracal_audit_stream_trims_total {trims}"
+        );
         out
     }
 }

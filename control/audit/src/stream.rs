@@ -45,6 +45,8 @@ pub struct StreamStats {
     pub dlq_oldest_ms: AtomicI64,
     /// Entries in the stream.
     pub length: AtomicU64,
+    /// Trims that removed entries.
+    pub trims: AtomicU64,
 }
 
 /// Creates the group at the start of the stream (`0`, `MKSTREAM`), so events produced
@@ -407,13 +409,16 @@ pub async fn trim_round<C: ConnectionLike + Send + Sync>(
         return Ok(None);
     }
     let minid = format!("{ms}-{seq}");
-    let _trimmed: u64 = redis::cmd("XTRIM")
+    let trimmed: u64 = redis::cmd("XTRIM")
         .arg(AUDIT_EVENTS)
         .arg("MINID")
         .arg("~")
         .arg(&minid)
         .query_async(conn)
         .await?;
+    if trimmed > 0 {
+        stats.trims.fetch_add(1, Ordering::Relaxed);
+    }
     Ok(Some(minid))
 }
 

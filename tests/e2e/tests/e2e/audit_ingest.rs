@@ -527,6 +527,23 @@ async fn the_stream_is_trimmed_only_below_every_groups_delivered_and_pending_poi
         assert!(started.elapsed() < WITHIN, "never trimmed");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // The trim is counted once XTRIM has answered.
+    loop {
+        let metrics = tests_harness::http::get(audit.addr, "/metrics")
+            .await
+            .unwrap();
+        let text = String::from_utf8_lossy(&metrics.body).into_owned();
+        let trims: u64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix("caracal_audit_stream_trims_total "))
+            .and_then(|v| v.parse().ok())
+            .unwrap();
+        if trims >= 1 {
+            break;
+        }
+        assert!(started.elapsed() < WITHIN, "trim not counted: {text}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     audit.stop().await;
 }
 
