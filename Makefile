@@ -33,6 +33,8 @@ test: clean-test-dbs
 	$(CARGO) test --workspace --locked -- --skip conformance_
 	# The audit ledger's fault run, short form (own Postgres and Redis on free ports).
 	scripts/audit-fault-run.sh --short
+	# deploy/: metric names, variables, YAML/JSON, alert rules (promtool when present).
+	scripts/check-deploy.sh
 
 e2e: services clean-test-dbs
 	$(CARGO) test -p tests-e2e --locked

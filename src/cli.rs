@@ -7,6 +7,8 @@ use clap::{Parser, Subcommand};
 use control_ops::{ExitStatus, OpsError, keys, migrate};
 use control_store::settings::process_env;
 
+use crate::roles::{self, AllDefaults, Role};
+
 /// Caracal: an authorization layer for AI agents.
 #[derive(Debug, Parser)]
 #[command(name = "caracal", version, about, propagate_version = true)]
@@ -60,6 +62,13 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
     },
+    /// Run every role in one process: audit (9090), STS (8080), admin API (3000),
+    /// Coordinator (4000) and gateway (8081).
+    ///
+    /// Each role reads its settings as it does alone. Unless set, CARACAL_STS_URL and
+    /// CARACAL_AUDIT_URL point at this process, CARACAL_INTERNAL_TOKEN is a fresh random
+    /// token held in memory, and each pool defaults to 6 connections.
+    All,
     /// Run the audit ledger (default port 9090), or operate on it.
     ///
     /// Without a subcommand: serve. Reads DATABASE_URL (as caracal_audit), REDIS_URL,
@@ -69,6 +78,32 @@ enum Command {
     Audit {
         #[command(subcommand)]
         command: Option<AuditCommand>,
+    },
+    /// Back up the database, the runtime secrets and the replay volumes into one encrypted
+    /// archive, or restore one.
+    Backup {
+        #[command(subcommand)]
+        command: BackupCommand,
+    },
+    /// Check a restored deployment (`caracal restore verify`).
+    Restore {
+        #[command(subcommand)]
+        command: RestoreCommand,
+    },
+    /// Explain what is wrong with a deployment and how to fix it (read only).
+    ///
+    /// Connects as caracal_maintenance (CARACAL_MIGRATE_DATABASE_URL, else DATABASE_URL) and
+    /// to REDIS_URL, loads the keys the services use (ZONE_KEK, AUDIT_HMAC_KEY, …) and checks
+    /// key ids, the audit chain, partitions, gateway bindings, revocation streams, outboxes,
+    /// dead letters and replay volumes. Exit codes: 0 no failure, 1 a failure, 2 cannot
+    /// connect.
+    Doctor {
+        /// A replay volume to inspect (repeatable).
+        #[arg(long, value_name = "DIR")]
+        replay_dir: Vec<PathBuf>,
+        /// Print the report as one JSON object.
+        #[arg(long)]
+        json: bool,
     },
     /// Generate or check keys.
     Keys {
@@ -89,6 +124,136 @@ enum KeysCommand {
         /// The zone whose key rotates.
         #[arg(long)]
         zone: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum BackupCommand {
+    /// Write an encrypted archive: a pg_dump of one snapshot, a manifest describing it
+    /// (schema, row counts, audit chain heads, key ids), the roles, optionally the runtime
+    /// secrets and the replay volumes, and SHA256SUMS.
+    ///
+    /// Connects with CARACAL_MIGRATE_DATABASE_URL, else DATABASE_URL (a user that reads
+    /// every row: a superuser or a BYPASSRLS maintenance role); needs pg_dump. Exactly one of
+    /// --recipient / --recipients-file / --passphrase-file / --unencrypted.
+    Create {
+        /// The archive to write (written as FILE.partial, then renamed).
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+        /// An age X25519 recipient (age1…; see `caracal backup keygen`), repeatable.
+        #[arg(long, value_name = "AGE1…")]
+        recipient: Vec<String>,
+        /// A file of recipients, one per line.
+        #[arg(long, value_name = "FILE")]
+        recipients_file: Option<PathBuf>,
+        /// Encrypt under the passphrase on this file's first line (age scrypt).
+        #[arg(long, value_name = "FILE")]
+        passphrase_file: Option<PathBuf>,
+        /// Do not encrypt (tests only).
+        #[arg(long)]
+        unencrypted: bool,
+        /// Copy the runtime secrets (ZONE_KEK, HMAC keys, tokens, URLs) into the archive.
+        /// Seal such archives to a different recipient than data backups.
+        #[arg(long)]
+        include_secrets: bool,
+        /// A replay volume (AUDIT_REPLAY_DIR) to copy, repeatable.
+        #[arg(long, value_name = "DIR")]
+        replay_dir: Vec<PathBuf>,
+    },
+    /// Restore an archive into an isolated database (created when missing; it must not
+    /// hold a caracal schema, nor be the source).
+    ///
+    /// Needs pg_restore and a user that may create roles and databases (or roles that
+    /// already exist). Exactly one of --identity / --passphrase-file / --unencrypted.
+    Restore {
+        /// The archive.
+        archive: PathBuf,
+        /// The target database, as a postgres:// URL (a password may come from PGPASSWORD).
+        #[arg(long, value_name = "DATABASE_URL")]
+        into: String,
+        /// The age identity file (`caracal backup keygen`).
+        #[arg(long, value_name = "FILE")]
+        identity: Option<PathBuf>,
+        /// The passphrase file the archive was sealed with.
+        #[arg(long, value_name = "FILE")]
+        passphrase_file: Option<PathBuf>,
+        /// The archive is not encrypted (tests only).
+        #[arg(long)]
+        unencrypted: bool,
+        /// Write the runtime secrets here (runtime.env, mode 0600).
+        #[arg(long, value_name = "DIR")]
+        secrets_out: Option<PathBuf>,
+        /// Write the replay segments here (point AUDIT_REPLAY_DIR at it).
+        #[arg(long, value_name = "DIR")]
+        replay_out: Option<PathBuf>,
+        /// Accept a target in the source's cluster (another database).
+        #[arg(long)]
+        allow_same_cluster: bool,
+    },
+    /// Create a backup key: writes an age identity to FILE (mode 0600) and prints its
+    /// recipient (age1…), which `backup create --recipient` takes.
+    Keygen {
+        /// The identity file to create.
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum RestoreCommand {
+    /// Check a restored database against its archive's manifest, in the six steps of
+    /// docs/operations/backup.md: isolation, secrets, migrations, services' /ready, data
+    /// (row counts, audit chain heads and verification, gateway bindings), canary.
+    ///
+    /// Exit codes: 0 every step passed (warnings allowed), 1 a step failed, 2 the target
+    /// or the archive cannot be read.
+    Verify {
+        /// The archive the database was restored from.
+        #[arg(long, value_name = "FILE")]
+        archive: PathBuf,
+        /// The age identity file.
+        #[arg(long, value_name = "FILE")]
+        identity: Option<PathBuf>,
+        /// The passphrase file.
+        #[arg(long, value_name = "FILE")]
+        passphrase_file: Option<PathBuf>,
+        /// The archive is not encrypted (tests only).
+        #[arg(long)]
+        unencrypted: bool,
+        /// The restored database (postgres:// URL).
+        #[arg(long, value_name = "URL")]
+        database_url: String,
+        /// The restored runtime.env (keys for the secret checks); the environment otherwise.
+        #[arg(long, value_name = "FILE")]
+        env_file: Option<PathBuf>,
+        /// The restored admin API's base URL (probed at /ready).
+        #[arg(long, value_name = "URL")]
+        api_url: Option<String>,
+        /// The restored STS's base URL.
+        #[arg(long, value_name = "URL")]
+        sts_url: Option<String>,
+        /// The restored Coordinator's base URL.
+        #[arg(long, value_name = "URL")]
+        coordinator_url: Option<String>,
+        /// The restored gateway's base URL.
+        #[arg(long, value_name = "URL")]
+        gateway_url: Option<String>,
+        /// The restored audit service's base URL.
+        #[arg(long, value_name = "URL")]
+        audit_url: Option<String>,
+        /// Start `caracal all` against the target on free loopback ports (with the keys of
+        /// --env-file) instead of probing given URLs; needs --redis-url.
+        #[arg(long, requires = "redis_url", conflicts_with_all = ["api_url", "sts_url", "coordinator_url", "gateway_url", "audit_url"])]
+        start: bool,
+        /// The Redis the started stack uses (not the source's: its streams would mix).
+        #[arg(long, value_name = "URL")]
+        redis_url: Option<String>,
+        /// A target in the source's cluster fails instead of warning.
+        #[arg(long)]
+        strict: bool,
+        /// Print the report as one JSON object.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -177,9 +342,13 @@ impl Cli {
             Command::Sts
             | Command::Api
             | Command::Coordinator
+            | Command::All
             | Command::Gateway { .. }
             | Command::Audit { command: None } => "info",
             Command::Migrate { .. }
+            | Command::Doctor { .. }
+            | Command::Backup { .. }
+            | Command::Restore { .. }
             | Command::Keys { .. }
             | Command::Audit { command: Some(_) } => "warn",
         }
@@ -197,15 +366,22 @@ pub(crate) async fn run(cli: Cli) -> ExitCode {
             )
             .await
         }
-        Command::Sts => run_sts().await,
-        Command::Api => run_api().await,
-        Command::Coordinator => run_coordinator().await,
+        Command::Sts => serve(&[Role::Sts]).await,
+        Command::Api => serve(&[Role::Api]).await,
+        Command::Coordinator => serve(&[Role::Coordinator]).await,
+        Command::All => match AllDefaults::new(&process_env) {
+            Ok(defaults) => {
+                let lookup = |name: &str| defaults.lookup(&process_env, name);
+                roles::serve(&Role::ALL, &lookup, shutdown_signal()).await
+            }
+            Err(error) => Err(error),
+        },
         Command::Gateway { config } => match config {
             Some(file) => run_standalone_gateway(&file).await,
-            None => run_gateway().await,
+            None => serve(&[Role::Gateway]).await,
         },
         Command::Audit { command } => match command {
-            None => run_audit().await,
+            None => serve(&[Role::Audit]).await,
             Some(AuditCommand::Dlq { command }) => dlq(command, &mut stdout).await,
             Some(AuditCommand::Verify {
                 database_url,
@@ -240,6 +416,15 @@ pub(crate) async fn run(cli: Cli) -> ExitCode {
                 )
             }
         },
+        Command::Backup { command } => backup(command, &mut stdout).await,
+        Command::Restore { command } => restore(command, &mut stdout).await,
+        Command::Doctor { replay_dir, json } => {
+            let options = control_ops::doctor::DoctorOptions {
+                replay_dirs: replay_dir,
+                json,
+            };
+            control_ops::doctor::run(&options, &process_env, &mut stdout).await
+        }
         Command::Keys { command } => match command {
             KeysCommand::Generate => keys::generate(&mut stdout),
             KeysCommand::Check => keys::check(&process_env, &mut stdout),
@@ -249,47 +434,139 @@ pub(crate) async fn run(cli: Cli) -> ExitCode {
     exit(outcome)
 }
 
-/// Starts the STS and serves until SIGINT or SIGTERM.
-async fn run_sts() -> Result<ExitStatus, OpsError> {
-    let config = control_sts::StsConfig::from_lookup(&process_env)
-        .map_err(|e| OpsError::Config(e.to_string()))?;
-    control_sts::run(config, &process_env, shutdown_signal())
-        .await
-        .map_err(|e| OpsError::Unreachable(e.to_string()))?;
-    Ok(ExitStatus::Success)
+/// Runs `roles` with the process environment until SIGINT or SIGTERM.
+async fn serve(roles: &[Role]) -> Result<ExitStatus, OpsError> {
+    roles::serve(roles, &process_env, shutdown_signal()).await
 }
 
-/// Starts the admin API and serves until SIGINT or SIGTERM.
-async fn run_api() -> Result<ExitStatus, OpsError> {
-    let config = control_api::ApiConfig::from_lookup(&process_env)
-        .map_err(|e| OpsError::Config(e.to_string()))?;
-    control_api::run(config, &process_env, shutdown_signal())
-        .await
-        .map_err(|e| OpsError::Unreachable(e.to_string()))?;
-    Ok(ExitStatus::Success)
+/// `caracal backup …`.
+async fn backup(
+    command: BackupCommand,
+    out: &mut dyn std::io::Write,
+) -> Result<ExitStatus, OpsError> {
+    use control_ops::backup::{self, CreateArgs, RestoreArgs, Seal};
+    match command {
+        BackupCommand::Create {
+            out: path,
+            recipient,
+            recipients_file,
+            passphrase_file,
+            unencrypted,
+            include_secrets,
+            replay_dir,
+        } => {
+            let seal = match (
+                recipient.is_empty(),
+                recipients_file,
+                passphrase_file,
+                unencrypted,
+            ) {
+                (false, None, None, false) => Seal::Recipients(recipient),
+                (true, Some(file), None, false) => {
+                    Seal::Recipients(backup::archive::recipients_file(&file)?)
+                }
+                (true, None, Some(file), false) => Seal::PassphraseFile(file),
+                (true, None, None, true) => Seal::Unencrypted,
+                _ => {
+                    return Err(one_of(
+                        "--recipient, --recipients-file, --passphrase-file, --unencrypted",
+                    ));
+                }
+            };
+            let args = CreateArgs {
+                out: path,
+                seal,
+                include_secrets,
+                replay_dirs: replay_dir,
+            };
+            backup::create(&args, &process_env, out).await
+        }
+        BackupCommand::Restore {
+            archive,
+            into,
+            identity,
+            passphrase_file,
+            unencrypted,
+            secrets_out,
+            replay_out,
+            allow_same_cluster,
+        } => {
+            let args = RestoreArgs {
+                archive,
+                unseal: unseal(identity, passphrase_file, unencrypted)?,
+                into,
+                secrets_out,
+                replay_out,
+                allow_same_cluster,
+            };
+            backup::restore(&args, out).await
+        }
+        BackupCommand::Keygen { out: path } => backup::keygen(&path, out),
+    }
 }
 
-/// Starts the Coordinator and serves until SIGINT or SIGTERM.
-async fn run_coordinator() -> Result<ExitStatus, OpsError> {
-    let config = control_coordinator::CoordinatorConfig::from_lookup(&process_env)
-        .map_err(|e| OpsError::Config(e.to_string()))?;
-    control_coordinator::run(config, &process_env, shutdown_signal())
-        .await
-        .map_err(|e| OpsError::Unreachable(e.to_string()))?;
-    Ok(ExitStatus::Success)
+/// `caracal restore verify`.
+async fn restore(
+    command: RestoreCommand,
+    out: &mut dyn std::io::Write,
+) -> Result<ExitStatus, OpsError> {
+    let RestoreCommand::Verify {
+        archive,
+        identity,
+        passphrase_file,
+        unencrypted,
+        database_url,
+        env_file,
+        api_url,
+        sts_url,
+        coordinator_url,
+        gateway_url,
+        audit_url,
+        start,
+        redis_url,
+        strict,
+        json,
+    } = command;
+    let service_urls = [
+        ("api", api_url),
+        ("sts", sts_url),
+        ("coordinator", coordinator_url),
+        ("gateway", gateway_url),
+        ("audit", audit_url),
+    ]
+    .into_iter()
+    .filter_map(|(role, url)| url.map(|url| (role.to_owned(), url)))
+    .collect();
+    let args = control_ops::restore::VerifyArgs {
+        archive,
+        unseal: unseal(identity, passphrase_file, unencrypted)?,
+        database_url,
+        env_file,
+        service_urls,
+        start_with_redis: redis_url.filter(|_| start),
+        strict,
+        json,
+    };
+    control_ops::restore::verify(&args, &process_env, out).await
 }
 
-/// Starts the audit ledger and serves until SIGINT or SIGTERM.
-async fn run_audit() -> Result<ExitStatus, OpsError> {
-    let config = control_audit::AuditConfig::from_lookup(&process_env)
-        .map_err(|e| OpsError::Config(e.to_string()))?;
-    control_audit::run(config, &process_env, shutdown_signal())
-        .await
-        .map_err(|e| match e {
-            control_audit::AuditStartError::Config(_) => OpsError::Config(e.to_string()),
-            _ => OpsError::Unreachable(e.to_string()),
-        })?;
-    Ok(ExitStatus::Success)
+/// How an archive is opened: exactly one of the three options.
+fn unseal(
+    identity: Option<PathBuf>,
+    passphrase_file: Option<PathBuf>,
+    unencrypted: bool,
+) -> Result<control_ops::backup::Unseal, OpsError> {
+    use control_ops::backup::Unseal;
+    match (identity, passphrase_file, unencrypted) {
+        (Some(file), None, false) => Ok(Unseal::IdentityFile(file)),
+        (None, Some(file), false) => Ok(Unseal::PassphraseFile(file)),
+        (None, None, true) => Ok(Unseal::Unencrypted),
+        _ => Err(one_of("--identity, --passphrase-file, --unencrypted")),
+    }
+}
+
+fn one_of(options: &str) -> OpsError {
+    OpsError::Config(format!("give exactly one of {options}"))
 }
 
 /// `caracal audit dlq …` against REDIS_URL.
@@ -329,16 +606,6 @@ async fn dlq(command: DlqCommand, out: &mut dyn std::io::Write) -> Result<ExitSt
     for line in lines {
         writeln!(out, "{line}")?;
     }
-    Ok(ExitStatus::Success)
-}
-
-/// Starts the gateway and serves until SIGINT or SIGTERM (then drains connections).
-async fn run_gateway() -> Result<ExitStatus, OpsError> {
-    let config = gateway_proxy::GatewayConfig::from_lookup(&process_env)
-        .map_err(|e| OpsError::Config(e.to_string()))?;
-    gateway_proxy::run(config, &process_env, shutdown_signal())
-        .await
-        .map_err(|e| OpsError::Unreachable(e.to_string()))?;
     Ok(ExitStatus::Success)
 }
 

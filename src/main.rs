@@ -5,6 +5,7 @@
 //! and never a secret.
 
 mod cli;
+mod roles;
 
 use std::process::ExitCode;
 

@@ -8,6 +8,8 @@
     reason = "test helpers outside #[test] functions fail loudly, like the tests themselves"
 )]
 
+mod backup;
+
 use std::process::{Command, Output};
 
 use tests_harness::TestDb;

@@ -144,6 +144,23 @@ class StreamsEnv:
     hmac_key: bytes
 
 
+@dataclass(frozen=True)
+class EndToEndEnv:
+    """A whole stack on one Redis database and one Postgres database (group `e2e`): the
+    test provisions everything itself through the admin API."""
+
+    api_url: str
+    admin_token: str
+    sts_url: str
+    coordinator_url: str
+    coordinator_token: str
+    gateway_url: str
+    # The recording echo upstream the test's resource points at (with a base path).
+    upstream_url: str
+    # The credential the test seals into its provider; the upstream must receive it.
+    upstream_credential: str
+
+
 # --- JWT inspection ---------------------------------------------------------------------
 
 

@@ -15,6 +15,7 @@ from conformance_support import (
     CoordinatorEnv,
     CoordinatorRevokeEnv,
     Delegated,
+    EndToEndEnv,
     GatewayEnv,
     StreamsEnv,
     env_values,
@@ -306,3 +307,31 @@ def operator(core: Core, coordinator: CoordinatorEnv):
         close = getattr(client, "close", None)
         if callable(close):
             close()
+
+
+@pytest.fixture(scope="session")
+def e2e() -> EndToEndEnv:
+    """The stack of group `e2e`; independent of the other groups' variables."""
+    v = env_values(
+        "e2e",
+        [
+            "CONFORMANCE_E2E_API_URL",
+            "CONFORMANCE_E2E_ADMIN_TOKEN",
+            "CONFORMANCE_E2E_STS_URL",
+            "CONFORMANCE_E2E_COORDINATOR_URL",
+            "CONFORMANCE_E2E_COORDINATOR_TOKEN",
+            "CONFORMANCE_E2E_GATEWAY_URL",
+            "CONFORMANCE_E2E_UPSTREAM_URL",
+            "CONFORMANCE_E2E_UPSTREAM_CREDENTIAL",
+        ],
+    )
+    return EndToEndEnv(
+        api_url=v["CONFORMANCE_E2E_API_URL"].rstrip("/"),
+        admin_token=v["CONFORMANCE_E2E_ADMIN_TOKEN"],
+        sts_url=v["CONFORMANCE_E2E_STS_URL"].rstrip("/"),
+        coordinator_url=v["CONFORMANCE_E2E_COORDINATOR_URL"].rstrip("/"),
+        coordinator_token=v["CONFORMANCE_E2E_COORDINATOR_TOKEN"],
+        gateway_url=v["CONFORMANCE_E2E_GATEWAY_URL"].rstrip("/"),
+        upstream_url=v["CONFORMANCE_E2E_UPSTREAM_URL"].rstrip("/"),
+        upstream_credential=v["CONFORMANCE_E2E_UPSTREAM_CREDENTIAL"],
+    )

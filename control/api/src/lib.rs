@@ -157,15 +157,3 @@ pub async fn start_with_listener(
         vec![serve, outbox_task, retention_task],
     ))
 }
-
-/// Runs the API until `shutdown` resolves.
-pub async fn run(
-    config: ApiConfig,
-    lookup: Lookup<'_>,
-    shutdown: impl Future<Output = ()>,
-) -> Result<(), ApiStartError> {
-    let handle = start(config, lookup).await?;
-    shutdown.await;
-    handle.stop().await;
-    Ok(())
-}

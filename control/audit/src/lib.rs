@@ -172,19 +172,3 @@ pub async fn start_with_listener(
     tracing::info!(%addr, "audit ledger listening");
     Ok(AuditHandle::new(addr, shutdown, tasks))
 }
-
-/// Runs the audit service until `shutdown` resolves.
-///
-/// # Errors
-///
-/// [`AuditStartError`].
-pub async fn run(
-    config: AuditConfig,
-    lookup: Lookup<'_>,
-    shutdown: impl Future<Output = ()>,
-) -> Result<(), AuditStartError> {
-    let handle = start(config, lookup).await?;
-    shutdown.await;
-    handle.stop().await;
-    Ok(())
-}

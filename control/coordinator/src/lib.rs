@@ -162,19 +162,3 @@ pub async fn start_with_listener(
         vec![serve, outbox_task, sweeper_task, presence_task],
     ))
 }
-
-/// Runs the Coordinator until `shutdown` resolves.
-///
-/// # Errors
-///
-/// [`CoordinatorStartError`].
-pub async fn run(
-    config: CoordinatorConfig,
-    lookup: Lookup<'_>,
-    shutdown: impl Future<Output = ()>,
-) -> Result<(), CoordinatorStartError> {
-    let handle = start(config, lookup).await?;
-    shutdown.await;
-    handle.stop().await;
-    Ok(())
-}

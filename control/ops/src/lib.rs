@@ -8,8 +8,12 @@
 //!
 //! Start reading at [`migrate::run`].
 
+pub mod backup;
+pub mod doctor;
+pub mod http_probe;
 pub mod keys;
 pub mod migrate;
+pub mod restore;
 
 /// How a command ended, as the process exit code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -38,6 +38,7 @@ pub mod gateway;
 pub mod gateway_view;
 pub mod kek_check;
 pub mod migrate;
+pub mod ops;
 pub mod outbox;
 pub mod policy_sets;
 pub mod pool;

@@ -271,18 +271,6 @@ fn invalidation_handler(
     })
 }
 
-/// Runs the STS until `shutdown` resolves.
-pub async fn run(
-    config: StsConfig,
-    lookup: Lookup<'_>,
-    shutdown: impl Future<Output = ()>,
-) -> Result<(), StsStartError> {
-    let handle = start(config, lookup).await?;
-    shutdown.await;
-    handle.stop().await;
-    Ok(())
-}
-
 /// Entry points for the fuzz targets in `control/sts/fuzz`; not part of the API.
 #[doc(hidden)]
 pub mod fuzzing {

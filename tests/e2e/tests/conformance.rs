@@ -1,7 +1,12 @@
 //! Conformance: the real Caracal 1.0 Python clients (`caracalai-*` 1.0.0, Python 3.12)
-//! against a real `caracal sts`, admin API, Coordinator and gateway, provisioned here in
-//! Postgres. Runs `tests/conformance/run.sh` with the variables its README lists and requires
-//! every group this server implements, so a wiring mistake cannot pass as a skip.
+//! against a real `caracal sts`, admin API, Coordinator and gateway. Runs
+//! `tests/conformance/run.sh` with the variables its README lists and requires every group
+//! this server implements, so a wiring mistake cannot pass as a skip.
+//!
+//! Two stacks, one per test, run one after the other: the groups' stack, provisioned here in
+//! Postgres on three Redis databases, and the end-to-end stack (group `e2e`), where every
+//! role and the audit ledger share one Redis database and one Postgres database and the
+//! Python test provisions everything through the admin API.
 //!
 //! Run with `make conformance` (it builds the venv); `make test` skips it.
 
@@ -11,16 +16,49 @@
     reason = "a test binary fails loudly"
 )]
 
-use std::process::Command;
+use std::process::{Command, Output};
 
 use tests_harness::{
     TestDb,
+    api::ApiFixture,
+    audit::{AuditFixture, RedisLease},
     coordinator::{CoordinatorFixture, session_claims},
     gateway::{GatewayFixture, TestSigner},
     provision::Provision,
     sts::StsFixture,
     upstream::Upstream,
 };
+
+/// Held by each test for its whole run: the stacks and their pytest runs share two cores,
+/// and the suites' deadlines (revocation within 5 s, long polls) are not meant to compete.
+static ONE_STACK_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Runs `tests/conformance/run.sh` with `vars`, the arguments `args`, then the whitespace
+/// separated words of `CONFORMANCE_PYTEST_ARGS` (a focused run, e.g. `-k coordinator`);
+/// prints what it wrote.
+async fn run_suite(vars: Vec<(&'static str, String)>, args: &[&str]) -> anyhow::Result<Output> {
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
+    let mut all: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+    all.extend(
+        std::env::var("CONFORMANCE_PYTEST_ARGS")
+            .unwrap_or_default()
+            .split_whitespace()
+            .map(str::to_owned),
+    );
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new("bash")
+            .arg(format!("{root}/tests/conformance/run.sh"))
+            .args(all)
+            .envs(vars)
+            .current_dir(root)
+            .output()
+    })
+    .await??;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    println!("{stdout}\n{stderr}");
+    Ok(output)
+}
 
 const POLICY: &str = r#"package caracal.authz
 import rego.v1
@@ -56,6 +94,7 @@ const FEDERATION_AUDIENCE: &str = "conformance-audience";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conformance_python_clients_against_the_sts() -> anyhow::Result<()> {
+    let _alone = ONE_STACK_AT_A_TIME.lock().await;
     let db = TestDb::migrated().await?;
     // The Python federation test serves its issuer JWKS on this port; reserve a free one.
     let federation_port = {
@@ -223,7 +262,6 @@ async fn conformance_python_clients_against_the_sts() -> anyhow::Result<()> {
     let unavailable_url = format!("http://{}", unavailable.addr);
     drop(doomed);
 
-    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
     let vars: Vec<(&str, String)> = vec![
         ("CONFORMANCE_STS_URL", format!("http://{}", sts.addr)),
         ("CONFORMANCE_ISSUER", sts.issuer.clone()),
@@ -315,25 +353,8 @@ async fn conformance_python_clients_against_the_sts() -> anyhow::Result<()> {
         ),
         ("CONFORMANCE_REQUIRE", REQUIRED_GROUPS.into()),
     ];
-    // Extra pytest arguments for a focused run, e.g. `CONFORMANCE_PYTEST_ARGS="-k coordinator"`.
-    let extra: Vec<String> = std::env::var("CONFORMANCE_PYTEST_ARGS")
-        .unwrap_or_default()
-        .split_whitespace()
-        .map(str::to_owned)
-        .collect();
-    let output = tokio::task::spawn_blocking(move || {
-        Command::new("bash")
-            .arg(format!("{root}/tests/conformance/run.sh"))
-            .arg("-rs")
-            .args(extra)
-            .envs(vars)
-            .current_dir(root)
-            .output()
-    })
-    .await??;
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    println!("{stdout}\n{stderr}");
+    // The end-to-end module belongs to the other stack (its group is not configured here).
+    let output = run_suite(vars, &["-rs", "-k", "not test_end_to_end"]).await?;
     coordinator.stop().await;
     gateway.stop().await;
     sts.stop().await;
@@ -342,6 +363,132 @@ async fn conformance_python_clients_against_the_sts() -> anyhow::Result<()> {
     assert!(
         output.status.success(),
         "the Python clients found differences (see above)"
+    );
+    Ok(())
+}
+
+/// The base path of the end-to-end resource's upstream.
+const E2E_UPSTREAM_BASE: &str = "/e2e";
+/// The operation the end-to-end test calls through the gateway (it declares it).
+const E2E_PATH: &str = "/records";
+/// The header the end-to-end provider injects its credential in (lower case, as received).
+const E2E_CREDENTIAL_HEADER: &str = "x-api-key";
+
+/// Group `e2e`: the whole Caracal 1.0 flow through the Python clients against the admin
+/// API, STS, Coordinator, gateway and audit ledger running together on one Redis database
+/// and one Postgres database, with nothing provisioned here. Afterwards the recording
+/// upstream is checked from this side too: it received the sealed credential and never a
+/// mandate, and no producer's audit event was dead-lettered by the ledger.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conformance_end_to_end_on_one_redis_and_one_database() -> anyhow::Result<()> {
+    let _alone = ONE_STACK_AT_A_TIME.lock().await;
+    let db = TestDb::migrated().await?;
+    // The ledger's database (one of the audit fixtures' leases, flushed) is every role's.
+    let audit = AuditFixture::start_on(&db, RedisLease::acquire().await?, &[]).await?;
+    let redis = audit.redis.url.clone();
+    let audit_url = format!("http://{}", audit.addr);
+    let sts = StsFixture::start_with(&db, &[("REDIS_URL", redis.as_str())]).await?;
+    let streams_key = sts.streams_key_hex.clone();
+    let audit_key = sts.audit_key_hex.clone();
+    let api = ApiFixture::start_with(
+        &db,
+        &[
+            ("REDIS_URL", redis.as_str()),
+            ("STREAMS_HMAC_KEY", streams_key.as_str()),
+            ("CARACAL_AUDIT_URL", audit_url.as_str()),
+            (
+                "CARACAL_INTERNAL_TOKEN",
+                tests_harness::audit::INTERNAL_TOKEN,
+            ),
+            ("CARACAL_API_AUTH_FAILURES_PER_MINUTE", "1000000"),
+        ],
+    )
+    .await?;
+    let shared = [
+        ("ISSUER_URL", sts.issuer.as_str()),
+        ("REDIS_URL", redis.as_str()),
+        ("STREAMS_HMAC_KEY", streams_key.as_str()),
+        ("AUDIT_HMAC_KEY", audit_key.as_str()),
+    ];
+    let coordinator = CoordinatorFixture::start_with(&db, sts.addr, &shared).await?;
+    let gateway = GatewayFixture::start_with(&db, &shared).await?;
+    let upstream = Upstream::start().await?;
+    // What the test seals into its provider (a test value, not a secret of anything).
+    let credential = format!("upstream-key-{}", uuid::Uuid::new_v4().simple());
+
+    let vars: Vec<(&str, String)> = vec![
+        ("CONFORMANCE_E2E_API_URL", format!("http://{}", api.addr)),
+        (
+            "CONFORMANCE_E2E_ADMIN_TOKEN",
+            tests_harness::api::BOOTSTRAP_TOKEN.into(),
+        ),
+        ("CONFORMANCE_E2E_STS_URL", format!("http://{}", sts.addr)),
+        (
+            "CONFORMANCE_E2E_COORDINATOR_URL",
+            format!("http://{}", coordinator.addr),
+        ),
+        (
+            "CONFORMANCE_E2E_COORDINATOR_TOKEN",
+            tests_harness::coordinator::OPERATOR_TOKEN.into(),
+        ),
+        (
+            "CONFORMANCE_E2E_GATEWAY_URL",
+            format!("http://{}", gateway.addr),
+        ),
+        (
+            "CONFORMANCE_E2E_UPSTREAM_URL",
+            upstream.url(E2E_UPSTREAM_BASE),
+        ),
+        ("CONFORMANCE_E2E_UPSTREAM_CREDENTIAL", credential.clone()),
+        ("CONFORMANCE_REQUIRE", "e2e".into()),
+    ];
+    let output = run_suite(vars, &["-rs", "-k", "test_end_to_end"]).await?;
+
+    let received = upstream.requests();
+    let mut conn = audit.redis.conn().await?;
+    let dead_letters: u64 = redis::cmd("XLEN")
+        .arg(control_events::streams::AUDIT_DLQ)
+        .query_async(&mut conn)
+        .await?;
+    gateway.stop().await;
+    coordinator.stop().await;
+    sts.stop().await;
+    api.stop().await;
+    drop(audit.stop().await);
+
+    assert!(
+        output.status.success(),
+        "the Python clients found differences (see above)"
+    );
+    assert!(!received.is_empty(), "the upstream received nothing");
+    for request in &received {
+        assert_eq!(request.path, format!("{E2E_UPSTREAM_BASE}{E2E_PATH}"));
+        assert_eq!(
+            request
+                .headers
+                .get(E2E_CREDENTIAL_HEADER)
+                .and_then(|v| v.to_str().ok()),
+            Some(credential.as_str()),
+            "the upstream did not receive the provider's credential"
+        );
+        assert!(
+            request.headers.get("authorization").is_none(),
+            "the caller's Authorization reached the upstream"
+        );
+        // A compact JWS starts with the base64url of `{"`: no header may carry one.
+        for (name, value) in &request.headers {
+            let value = String::from_utf8_lossy(value.as_bytes());
+            assert!(
+                !value.contains("eyJ"),
+                "header {name} carried a token to the upstream"
+            );
+        }
+        assert!(!String::from_utf8_lossy(&request.body).contains("eyJ"));
+        assert!(!request.query.as_deref().unwrap_or_default().contains("eyJ"));
+    }
+    assert_eq!(
+        dead_letters, 0,
+        "the ledger dead-lettered events of this stack's producers"
     );
     Ok(())
 }

@@ -53,6 +53,29 @@ pub(crate) async fn ensure(
     Ok(notes)
 }
 
+/// The part of [`ensure`] a restore needs before `pg_restore`: the cluster roles, the
+/// migrating user's membership of `caracal_owner` and the database's grants, but not the
+/// schema (the dump brings it). Returns the operator warnings.
+pub(crate) async fn ensure_roles(conn: &mut PgConnection) -> Result<Vec<String>, MigrateError> {
+    let mut notes = BootstrapNotes::default();
+    let can_create_roles: bool = sqlx::query_scalar(
+        "SELECT rolsuper OR rolcreaterole FROM pg_roles WHERE rolname = current_user",
+    )
+    .fetch_one(&mut *conn)
+    .await?;
+    if can_create_roles {
+        create_roles(conn).await?;
+    } else {
+        notes.warnings.push(
+            "the restoring user cannot create roles; verifying the existing ones only".to_owned(),
+        );
+    }
+    verify_roles(conn, &mut notes).await?;
+    grant_owner_to_migrator(conn, &mut notes).await?;
+    database_grants(conn, &mut notes).await?;
+    Ok(notes.warnings)
+}
+
 async fn create_roles(conn: &mut PgConnection) -> Result<(), MigrateError> {
     // Each DO block is idempotent; a race with another database's bootstrap surfaces as one
     // of RACE_STATES and is retried a few times.

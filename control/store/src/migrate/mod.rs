@@ -20,6 +20,19 @@ pub use files::{Migration, MigrationSet, MigrationSetError};
 pub use runner::{MigrateOptions, MigrateReport, RolePassword, migrate};
 pub use verify::{VerifyOutcome, VerifyReport, verify};
 
+/// Prepares a restore target for `pg_restore`: the cluster roles (created when the user
+/// may), the user's membership of `caracal_owner` and the database's grants, without the
+/// schema, which the dump brings. Returns warnings for the operator.
+///
+/// # Errors
+///
+/// A role with rights it must not have, or database errors.
+pub async fn prepare_restore_target(
+    conn: &mut sqlx::PgConnection,
+) -> Result<Vec<String>, MigrateError> {
+    bootstrap::ensure_roles(conn).await
+}
+
 /// `pg_advisory_lock` key held while migrating: `0x4341524130303030`, "CARA0000".
 pub const MIGRATION_LOCK_KEY: i64 = 0x4341_5241_3030_3030;
 
