@@ -179,18 +179,6 @@ pub async fn start_with_listener(
     })
 }
 
-/// Runs the gateway until `shutdown` resolves.
-pub async fn run(
-    config: GatewayConfig,
-    lookup: Lookup<'_>,
-    shutdown: impl Future<Output = ()>,
-) -> Result<(), GatewayStartError> {
-    let handle = start(config, lookup).await?;
-    shutdown.await;
-    handle.stop().await;
-    Ok(())
-}
-
 /// Starts the standalone sidecar (`caracal gateway --config FILE`): the same pipeline over
 /// a snapshot built from `file`, without Postgres. The file wins over the environment for
 /// `listen`, `issuer`, `redis_url` and `audit_replay_dir`; every other setting (limits,
