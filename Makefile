@@ -4,12 +4,20 @@
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: ci services toolchain fmt fmt-check lint test e2e conformance plugins fuzz-smoke bench clean-test-dbs openapi
+.PHONY: ci services toolchain fmt fmt-check lint test e2e conformance plugins fuzz-smoke bench clean-test-dbs openapi up down
 
 ci: toolchain services fmt-check plugins lint test conformance
 
 toolchain:
 	scripts/toolchain.sh
+
+# The whole stack on this machine, then a governed request to try; `make down PURGE=1` also
+# drops its database and keys (README, Quick start).
+up:
+	scripts/stack.sh up
+
+down:
+	scripts/stack.sh down $(if $(PURGE),--purge)
 
 services:
 	scripts/services.sh
@@ -35,6 +43,8 @@ test: clean-test-dbs
 	scripts/audit-fault-run.sh --short
 	# deploy/: metric names, variables, YAML/JSON, alert rules (promtool when present).
 	scripts/check-deploy.sh
+	# The one-command stack end to end (debug binary, ports +20000, Redis database 2).
+	tests/stack/run.sh
 
 e2e: services clean-test-dbs
 	$(CARGO) test -p tests-e2e --locked

@@ -11,6 +11,7 @@ use tests_harness::{TestDb, gateway::KEK_HEX, provision::Provision};
 use super::{assert_one_line_error, caracal, stderr, stdout};
 
 const AUDIT_KEY: &str = "a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1";
+const COORDINATOR_TOKEN: &str = "coordinator-operator-token-0123456789abcdef";
 const STREAMS_KEY: &str = "b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2";
 
 /// Counts of the tables a provisioned source has rows in, read from `db`.
@@ -88,7 +89,7 @@ async fn a_backup_restores_into_a_new_database_with_its_secrets_and_replay_segme
         &replay.join("gateway-gw-0/seg-0000000000001-000001.ndjson"),
         "{\"caracal_replay\":1}\n",
     );
-    let admin_token = "cat_do-not-print-me";
+    let admin_token = "cat_do-not-print-me-0123456789abcdefghijklmnop";
 
     let out = caracal(&["backup", "keygen", "--out", key.to_str().unwrap()], &[]);
     assert!(out.status.success(), "{}", stderr(&out));
@@ -117,6 +118,7 @@ async fn a_backup_restores_into_a_new_database_with_its_secrets_and_replay_segme
             ("AUDIT_HMAC_KEY", AUDIT_KEY),
             ("STREAMS_HMAC_KEY", STREAMS_KEY),
             ("CARACAL_ADMIN_TOKEN", admin_token),
+            ("CARACAL_COORDINATOR_TOKEN", COORDINATOR_TOKEN),
         ],
     );
     assert!(out.status.success(), "{}", stderr(&out));
@@ -268,6 +270,44 @@ async fn a_backup_restores_into_a_new_database_with_its_secrets_and_replay_segme
         "{}",
         stdout(&out)
     );
+    sqlx::raw_sql("DELETE FROM caracal.zones WHERE id = 'late'")
+        .execute(&mut target.admin().await?)
+        .await?;
+
+    // With --start, every role of a `caracal all` on the target becomes ready and the canary
+    // (provisioning, exchange, sessions, delegated mint, gateway request, both audit events)
+    // passes: exit 0, and only the shared cluster warns.
+    let redis = tests_harness::audit::RedisLease::acquire().await?;
+    let out = caracal(
+        &[
+            "restore",
+            "verify",
+            "--archive",
+            archive.to_str().unwrap(),
+            "--identity",
+            key.to_str().unwrap(),
+            "--database-url",
+            &target.url(),
+            "--env-file",
+            env_file.to_str().unwrap(),
+            "--start",
+            "--redis-url",
+            &redis.url,
+        ],
+        &[],
+    );
+    let report = stdout(&out);
+    assert_eq!(out.status.code(), Some(0), "{report}{}", stderr(&out));
+    for ok in ["restore.data", "restore.ready", "restore.canary"] {
+        assert!(
+            report
+                .lines()
+                .any(|l| l.starts_with("ok") && l.ends_with(ok)),
+            "{ok}: {report}"
+        );
+    }
+    assert!(report.contains("both audit events landed"), "{report}");
+    assert!(!report.contains(admin_token) && !report.contains(COORDINATOR_TOKEN));
 
     // A second restore into the now non-empty target is refused.
     let out = caracal(

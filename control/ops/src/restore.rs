@@ -9,7 +9,7 @@
 //! | 3. migrations | `db.migrations` | `caracal migrate --verify` |
 //! | 5. data | `restore.data`, `audit.chain`, `gateway.bindings` | chain heads and row counts against the manifest; the chain verified; every routable resource bound |
 //! | 4. services | `restore.ready` | `/ready` of every role: the URLs given, or a `caracal all` started against the target |
-//! | 6. canary | `restore.canary` | a governed request end to end (not built yet: reported as a warning) |
+//! | 6. canary | `restore.canary` | a governed request end to end in a temporary zone, both audit events awaited ([`canary`]) |
 //!
 //! Step 5 runs before step 4: services started against the target write rows (outbox,
 //! bootstrap tokens), which would spoil the row-count comparison.

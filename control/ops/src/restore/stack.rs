@@ -67,10 +67,13 @@ pub(super) async fn start(
         command.env(var, format!("127.0.0.1:{port}"));
         urls.push(((*role).to_owned(), format!("http://127.0.0.1:{port}")));
     }
-    let sts_url = urls.iter().find(|(role, _)| role == "sts").map(|(_, url)| url);
-    if let Some(sts) = sts_url.filter(|_| {
-        !file_env.contains_key("ISSUER_URL") && lookup("ISSUER_URL").is_none()
-    }) {
+    let sts_url = urls
+        .iter()
+        .find(|(role, _)| role == "sts")
+        .map(|(_, url)| url);
+    if let Some(sts) =
+        sts_url.filter(|_| !file_env.contains_key("ISSUER_URL") && lookup("ISSUER_URL").is_none())
+    {
         command.env("ISSUER_URL", sts);
     }
     command
