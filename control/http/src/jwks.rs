@@ -55,7 +55,22 @@ pub fn public_jwk(jwk: &Value) -> Result<(String, PublicKey), String> {
     Ok((kid.to_owned(), key))
 }
 
-type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
+/// The connector of every outbound client of the roles and the operator commands: HTTP/1.1,
+/// plain or TLS with the webpki roots.
+pub type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
+
+/// A [`Connector`] that dials any scheme's host, with `connect_timeout` when given.
+#[must_use]
+pub fn connector(connect_timeout: Option<Duration>) -> Connector {
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_connect_timeout(connect_timeout);
+    hyper_rustls::HttpsConnectorBuilder::new()
+        .with_webpki_roots()
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(http)
+}
 
 /// Why a key set could not be fetched. `Display` never holds the body.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -90,14 +105,7 @@ impl JwksClient {
     /// A client with the 5 s connect deadline and one idle connection per host.
     #[must_use]
     pub fn new() -> Self {
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_connect_timeout(Some(FETCH_TIMEOUT));
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_webpki_roots()
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(http);
+        let https = connector(Some(FETCH_TIMEOUT));
         Self {
             client: Client::builder(TokioExecutor::new())
                 .pool_max_idle_per_host(1)

@@ -9,17 +9,13 @@
 use std::time::Duration;
 
 use bytes::Bytes;
+use control_http::jwks::Connector;
 use http::{HeaderValue, Method, header};
 use http_body_util::{BodyExt as _, Full, Limited};
-use hyper_util::{
-    client::legacy::{Client, connect::HttpConnector},
-    rt::TokioExecutor,
-};
+use hyper_util::{client::legacy::Client, rt::TokioExecutor};
 
 /// The most of an answer's body that is read; a longer one is a [`ProbeError::TooLarge`].
 pub const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
-
-type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
 
 /// Why a call has no answer.
 #[derive(Debug, thiserror::Error)]
@@ -169,13 +165,7 @@ impl HttpClient {
     /// A client with two idle connections per host at most.
     #[must_use]
     pub fn new() -> Self {
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_webpki_roots()
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(http);
+        let https = control_http::jwks::connector(None);
         Self {
             client: Client::builder(TokioExecutor::new())
                 .pool_max_idle_per_host(2)

@@ -27,6 +27,24 @@ pub(crate) async fn ensure(
     conn: &mut PgConnection,
     passwords: &[RolePassword],
 ) -> Result<BootstrapNotes, MigrateError> {
+    let notes = roles_and_grants(conn, passwords).await?;
+    schema(conn).await?;
+    Ok(notes)
+}
+
+/// The part of [`ensure`] a restore needs before `pg_restore`: the cluster roles, the
+/// migrating user's membership of `caracal_owner` and the database's grants, but not the
+/// schema (the dump brings it). Returns the operator warnings.
+pub(crate) async fn ensure_roles(conn: &mut PgConnection) -> Result<Vec<String>, MigrateError> {
+    Ok(roles_and_grants(conn, &[]).await?.warnings)
+}
+
+/// The cluster roles (created when the user may, with their passwords), their verification,
+/// the user's membership of `caracal_owner` and the database's grants.
+async fn roles_and_grants(
+    conn: &mut PgConnection,
+    passwords: &[RolePassword],
+) -> Result<BootstrapNotes, MigrateError> {
     let mut notes = BootstrapNotes::default();
     let can_create_roles: bool = sqlx::query_scalar(
         "SELECT rolsuper OR rolcreaterole FROM pg_roles WHERE rolname = current_user",
@@ -49,31 +67,7 @@ pub(crate) async fn ensure(
     verify_roles(conn, &mut notes).await?;
     grant_owner_to_migrator(conn, &mut notes).await?;
     database_grants(conn, &mut notes).await?;
-    schema(conn).await?;
     Ok(notes)
-}
-
-/// The part of [`ensure`] a restore needs before `pg_restore`: the cluster roles, the
-/// migrating user's membership of `caracal_owner` and the database's grants, but not the
-/// schema (the dump brings it). Returns the operator warnings.
-pub(crate) async fn ensure_roles(conn: &mut PgConnection) -> Result<Vec<String>, MigrateError> {
-    let mut notes = BootstrapNotes::default();
-    let can_create_roles: bool = sqlx::query_scalar(
-        "SELECT rolsuper OR rolcreaterole FROM pg_roles WHERE rolname = current_user",
-    )
-    .fetch_one(&mut *conn)
-    .await?;
-    if can_create_roles {
-        create_roles(conn).await?;
-    } else {
-        notes.warnings.push(
-            "the restoring user cannot create roles; verifying the existing ones only".to_owned(),
-        );
-    }
-    verify_roles(conn, &mut notes).await?;
-    grant_owner_to_migrator(conn, &mut notes).await?;
-    database_grants(conn, &mut notes).await?;
-    Ok(notes.warnings)
 }
 
 async fn create_roles(conn: &mut PgConnection) -> Result<(), MigrateError> {
