@@ -305,7 +305,6 @@ role_env() {
     "REDIS_URL=$redis_url"
     "ISSUER_URL=$(url_of sts)"
     "CARACAL_STS_URL=$(url_of sts)"
-    "CARACAL_AUDIT_URL=$(url_of audit)"
     "CARACAL_STS_ADDR=127.0.0.1:${PORT[sts]}"
     "CARACAL_API_ADDR=127.0.0.1:${PORT[api]}"
     "CARACAL_COORDINATOR_ADDR=127.0.0.1:${PORT[coordinator]}"

@@ -65,9 +65,9 @@ enum Command {
     /// Run every role in one process: audit (9090), STS (8080), admin API (3000),
     /// Coordinator (4000) and gateway (8081).
     ///
-    /// Each role reads its settings as it does alone. Unless set, CARACAL_STS_URL and
-    /// CARACAL_AUDIT_URL point at this process, CARACAL_INTERNAL_TOKEN is a fresh random
-    /// token held in memory, and each pool defaults to 6 connections.
+    /// Each role reads its settings as it does alone. Unless set, CARACAL_STS_URL points at
+    /// this process and each pool defaults to 6 connections. The admin API answers audit
+    /// reads in process (CARACAL_AUDIT_URL is not used).
     All,
     /// Run the audit ledger (default port 9090), or operate on it.
     ///

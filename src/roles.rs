@@ -5,16 +5,15 @@
 //! `caracal all` only composes: each role reads its own settings exactly as it does alone,
 //! from the same variables, and binds its own default port. What `all` adds are defaults
 //! that make one process self-contained ([`AllDefaults`]): the Coordinator fetches key sets
-//! from this process's STS, the admin API reaches this process's audit service with a
-//! per-process internal token when none is configured, and the five database pools share
-//! a smaller default maximum.
+//! from this process's STS and the five database pools share a smaller default maximum.
+//! And the admin API answers the audit reads in process, through a `caracal_audit` pool,
+//! instead of calling the audit service's internal endpoint (settled point 3).
 
 use std::collections::HashMap;
 
 use control_http::RoleHandle;
 use control_ops::{ExitStatus, OpsError};
 use control_store::settings::Lookup;
-use zeroize::Zeroizing;
 
 /// A service role of the binary.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,7 +50,10 @@ impl Role {
     /// Reads the role's settings through `lookup` and starts it. A bad setting is a
     /// configuration error (exit 2); anything else that stops the start (a database or
     /// Redis that cannot be reached, a port in use) is reported as unreachable (exit 2 too).
-    async fn start(self, lookup: Lookup<'_>) -> Result<RoleHandle, OpsError> {
+    ///
+    /// `together` is true when every role runs in this process (`caracal all`): the admin
+    /// API then answers the audit reads in process instead of over HTTP (settled point 3).
+    async fn start(self, lookup: Lookup<'_>, together: bool) -> Result<RoleHandle, OpsError> {
         let config = |e: &dyn std::fmt::Display| OpsError::Config(format!("{}: {e}", self.name()));
         let failed =
             |e: &dyn std::fmt::Display| OpsError::Unreachable(format!("{}: {e}", self.name()));
@@ -74,8 +76,9 @@ impl Role {
                     .map_err(|e| failed(&e))
             }
             Role::Api => {
-                let settings =
+                let mut settings =
                     control_api::ApiConfig::from_lookup(lookup).map_err(|e| config(&e))?;
+                settings.audit_in_process = together;
                 Box::pin(control_api::start(settings, lookup))
                     .await
                     .map_err(|e| failed(&e))
@@ -107,8 +110,9 @@ pub(crate) async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> Result<ExitStatus, OpsError> {
     let mut running: Vec<RoleHandle> = Vec::with_capacity(roles.len());
+    let together = roles.contains(&Role::Audit) && roles.contains(&Role::Api);
     for role in roles {
-        match role.start(lookup).await {
+        match role.start(lookup, together).await {
             Ok(handle) => {
                 if roles.len() > 1 {
                     tracing::info!(role = role.name(), addr = %handle.addr, "role started");
@@ -135,7 +139,7 @@ async fn stop_all(running: Vec<RoleHandle>) {
 /// The settings `caracal all` supplies when the environment does not: each is a value a
 /// single-process deployment needs to find its own parts.
 pub(crate) struct AllDefaults {
-    values: HashMap<&'static str, Zeroizing<String>>,
+    values: HashMap<&'static str, String>,
 }
 
 /// The default pool maximum per role in `caracal all` (five pools share one server's
@@ -143,47 +147,22 @@ pub(crate) struct AllDefaults {
 const ALL_POOL_MAX: &str = "6";
 
 impl AllDefaults {
-    /// Derives the defaults from `lookup` (the process environment): the STS and audit
-    /// addresses the other roles must reach, and a fresh internal token when
-    /// `CARACAL_INTERNAL_TOKEN` (or its `_FILE`) is not set.
+    /// Derives the defaults from `lookup` (the process environment): the STS address the
+    /// Coordinator fetches key sets from, and the smaller pool maximum.
     pub(crate) fn new(lookup: Lookup<'_>) -> Result<Self, OpsError> {
         let mut values = HashMap::new();
         let sts_addr = lookup("CARACAL_STS_ADDR").unwrap_or_else(|| "0.0.0.0:8080".to_owned());
-        let audit_addr = lookup("CARACAL_AUDIT_ADDR").unwrap_or_else(|| "0.0.0.0:9090".to_owned());
         values.insert(
             "CARACAL_STS_URL",
-            Zeroizing::new(format!(
-                "http://{}",
-                loopback(&sts_addr, "CARACAL_STS_ADDR")?
-            )),
+            format!("http://{}", loopback(&sts_addr, "CARACAL_STS_ADDR")?),
         );
-        values.insert(
-            "CARACAL_AUDIT_URL",
-            Zeroizing::new(format!(
-                "http://{}",
-                loopback(&audit_addr, "CARACAL_AUDIT_ADDR")?
-            )),
-        );
-        if lookup("CARACAL_INTERNAL_TOKEN").is_none()
-            && lookup("CARACAL_INTERNAL_TOKEN_FILE").is_none()
-        {
-            let token = control_crypto::random_key_hex().map_err(|_unavailable| {
-                OpsError::Unreachable("the OS random number generator failed".to_owned())
-            })?;
-            values.insert("CARACAL_INTERNAL_TOKEN", token);
-        }
-        if lookup("DB_POOL_MAX").is_none() {
-            values.insert(
-                "CARACAL_DB_POOL_MAX",
-                Zeroizing::new(ALL_POOL_MAX.to_owned()),
-            );
-        }
+        values.insert("CARACAL_DB_POOL_MAX", ALL_POOL_MAX.to_owned());
         Ok(Self { values })
     }
 
     /// The environment first, then these defaults.
     pub(crate) fn lookup(&self, env: Lookup<'_>, name: &str) -> Option<String> {
-        env(name).or_else(|| self.values.get(name).map(|value| value.as_str().to_owned()))
+        env(name).or_else(|| self.values.get(name).cloned())
     }
 }
 
@@ -223,31 +202,23 @@ mod tests {
             Some("http://127.0.0.1:18080")
         );
         assert_eq!(
-            defaults.lookup(&lookup, "CARACAL_AUDIT_URL").as_deref(),
-            Some("http://127.0.0.1:9090")
-        );
-        let token = defaults.lookup(&lookup, "CARACAL_INTERNAL_TOKEN").unwrap();
-        assert_eq!(token.len(), 64, "a fresh 32-byte token");
-        assert_eq!(
             defaults.lookup(&lookup, "CARACAL_DB_POOL_MAX").as_deref(),
             Some("6")
+        );
+        assert_eq!(
+            defaults.lookup(&lookup, "CARACAL_INTERNAL_TOKEN"),
+            None,
+            "no token is invented: the audit reads need none in process"
         );
     }
 
     #[test]
     fn the_environment_wins_over_the_defaults() {
         let lookup = env(&[
-            ("CARACAL_INTERNAL_TOKEN", "configured"),
             ("CARACAL_STS_URL", "https://sts.example"),
             ("CARACAL_DB_POOL_MAX", "3"),
         ]);
         let defaults = AllDefaults::new(&lookup).unwrap();
-        assert_eq!(
-            defaults
-                .lookup(&lookup, "CARACAL_INTERNAL_TOKEN")
-                .as_deref(),
-            Some("configured")
-        );
         assert_eq!(
             defaults.lookup(&lookup, "CARACAL_STS_URL").as_deref(),
             Some("https://sts.example")
@@ -260,10 +231,10 @@ mod tests {
 
     #[test]
     fn a_bad_listen_address_is_named() {
-        let lookup = env(&[("CARACAL_AUDIT_ADDR", "nine-oh-nine-oh")]);
+        let lookup = env(&[("CARACAL_STS_ADDR", "eight-oh-eight-oh")]);
         let Err(error) = AllDefaults::new(&lookup) else {
             panic!("accepted a bad address")
         };
-        assert!(error.to_string().contains("CARACAL_AUDIT_ADDR"), "{error}");
+        assert!(error.to_string().contains("CARACAL_STS_ADDR"), "{error}");
     }
 }

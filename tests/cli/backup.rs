@@ -13,6 +13,15 @@ use super::{assert_one_line_error, caracal, stderr, stdout};
 const AUDIT_KEY: &str = "a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1";
 const COORDINATOR_TOKEN: &str = "coordinator-operator-token-0123456789abcdef";
 const STREAMS_KEY: &str = "b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2";
+/// The source zone's active policy: its activation must survive the restore.
+const POLICY: &str = r#"package caracal.authz
+import rego.v1
+# caracal:data-document
+app_ids := {"agent": "agent-app"}
+grants := {
+  "resource://crm": {"application": "agent", "roles": {"reader": ["read"]}}
+}
+"#;
 
 /// Counts of the tables a provisioned source has rows in, read from `db`.
 async fn counts(db: &TestDb) -> anyhow::Result<Vec<(String, i64)>> {
@@ -63,6 +72,7 @@ async fn provisioned_source() -> anyhow::Result<TestDb> {
         "p-key",
     )
     .await?;
+    p.activate_policy("acme", "main", POLICY).await?;
     // The binding the admin API creates with a resource's upstream.
     p.exec(
         "INSERT INTO gateway_resource_bindings (zone_id, resource_identifier, resource_id)
@@ -271,6 +281,22 @@ async fn a_backup_restores_into_a_new_database_with_its_secrets_and_replay_segme
         stdout(&out)
     );
     sqlx::raw_sql("DELETE FROM caracal.zones WHERE id = 'late'")
+        .execute(&mut target.admin().await?)
+        .await?;
+
+    // So is a policy set deactivated after it (no row count changes).
+    sqlx::raw_sql("UPDATE caracal.policy_set_bindings SET active_version_id = NULL")
+        .execute(&mut target.admin().await?)
+        .await?;
+    let out = verify(&env_file);
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    assert!(
+        stdout(&out)
+            .contains("acme/acme-main-set (active acme-main-psv in the backup, none restored)"),
+        "{}",
+        stdout(&out)
+    );
+    sqlx::raw_sql("UPDATE caracal.policy_set_bindings SET active_version_id = 'acme-main-psv'")
         .execute(&mut target.admin().await?)
         .await?;
 

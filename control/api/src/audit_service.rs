@@ -1,6 +1,9 @@
 //! The audit service as the admin API reaches it (storage §8.9): the role `caracal_api` has
-//! no rights on `audit_events`, so the audit reads are forwarded to the audit service's
-//! internal `POST /internal/audit/query` (bearer `CARACAL_INTERNAL_TOKEN`).
+//! no rights on `audit_events`, so the audit reads are answered by the audit service. A
+//! separate API forwards them to its internal `POST /internal/audit/query` (bearer
+//! `CARACAL_INTERNAL_TOKEN`); in `caracal all` the same query runs in process, through a
+//! small pool that logs in as `caracal_audit` (settled point 3), with the same deadline and
+//! the same answers.
 //!
 //! Every call has a deadline and a bound on the answer it buffers. A missing token, a
 //! connection failure, a deadline, an oversized or malformed answer, and any refusal that
@@ -11,12 +14,10 @@
 use std::time::Duration;
 
 use bytes::Bytes;
+use control_http::jwks::Connector;
 use http::{HeaderValue, Request, header};
 use http_body_util::{BodyExt, Full, Limited};
-use hyper_util::{
-    client::legacy::{Client, connect::HttpConnector},
-    rt::TokioExecutor,
-};
+use hyper_util::{client::legacy::Client, rt::TokioExecutor};
 use zeroize::Zeroizing;
 
 use crate::{
@@ -33,8 +34,6 @@ pub const MAX_ANSWER_BYTES: usize = 32 * 1024 * 1024;
 /// The header carrying a CSV export's continuation.
 pub const NEXT_CURSOR_HEADER: &str = "x-next-cursor";
 
-type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
-
 /// A successful answer of the audit service.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Answer {
@@ -46,38 +45,58 @@ pub struct Answer {
     pub body: Bytes,
 }
 
-/// The client of the audit service's query endpoint.
+/// The admin API's way to the audit reads.
 pub struct AuditService {
-    client: Client<Connector, Full<Bytes>>,
-    query_url: String,
-    token: Option<Zeroizing<String>>,
+    link: Link,
+}
+
+#[allow(
+    clippy::large_enum_variant,
+    reason = "one per process: the size of the rarer variant does not matter"
+)]
+enum Link {
+    /// The audit service's internal endpoint.
+    Remote {
+        client: Client<Connector, Full<Bytes>>,
+        query_url: String,
+        token: Option<Zeroizing<String>>,
+    },
+    /// The ledger's query run in this process, through a `caracal_audit` pool.
+    InProcess(sqlx::PgPool),
 }
 
 impl std::fmt::Debug for AuditService {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AuditService")
-            .field("query_url", &self.query_url)
-            .finish_non_exhaustive()
+        match &self.link {
+            Link::Remote { query_url, .. } => f
+                .debug_struct("AuditService")
+                .field("query_url", query_url)
+                .finish_non_exhaustive(),
+            Link::InProcess(_) => f.write_str("AuditService(in process)"),
+        }
     }
 }
 
 impl AuditService {
     /// A client for `config.audit_url` with `config.internal_token`.
     pub fn new(config: &ApiConfig) -> Self {
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_connect_timeout(Some(CONNECT_TIMEOUT));
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_webpki_roots()
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(http);
+        let https = control_http::jwks::connector(Some(CONNECT_TIMEOUT));
         Self {
-            client: Client::builder(TokioExecutor::new())
-                .pool_max_idle_per_host(4)
-                .build(https),
-            query_url: format!("{}/internal/audit/query", config.audit_url),
-            token: config.internal_token.clone(),
+            link: Link::Remote {
+                client: Client::builder(TokioExecutor::new())
+                    .pool_max_idle_per_host(4)
+                    .build(https),
+                query_url: format!("{}/internal/audit/query", config.audit_url),
+                token: config.internal_token.clone(),
+            },
+        }
+    }
+
+    /// The reads run in this process through `pool`, which must log in as `caracal_audit`.
+    #[must_use]
+    pub fn in_process(pool: sqlx::PgPool) -> Self {
+        Self {
+            link: Link::InProcess(pool),
         }
     }
 
@@ -93,52 +112,103 @@ impl AuditService {
         query: &serde_json::Value,
         request_id: &str,
     ) -> Result<Answer, ApiError> {
-        let token = self.token.as_ref().ok_or_else(|| {
-            ApiError::AuditUnavailable("CARACAL_INTERNAL_TOKEN is not configured".to_owned())
-        })?;
-        let bearer = Zeroizing::new(format!("Bearer {}", token.as_str()));
-        let mut builder = Request::post(self.query_url.as_str())
-            .header(header::CONTENT_TYPE, "application/json")
-            .header(header::ACCEPT, "application/json, text/csv");
-        if let Ok(value) = HeaderValue::from_str(request_id) {
-            builder = builder.header(control_http::respond::REQUEST_ID, value);
+        match &self.link {
+            Link::Remote {
+                client,
+                query_url,
+                token,
+            } => {
+                let token = token.as_ref().ok_or_else(|| {
+                    ApiError::AuditUnavailable(
+                        "CARACAL_INTERNAL_TOKEN is not configured".to_owned(),
+                    )
+                })?;
+                remote(client, query_url, token, query, request_id).await
+            }
+            Link::InProcess(pool) => in_process(pool, query).await,
         }
-        let mut request = builder
-            .body(Full::new(Bytes::from(query.to_string())))
-            .map_err(|e| ApiError::AuditUnavailable(format!("cannot build the request: {e}")))?;
-        let mut authorization = HeaderValue::from_str(bearer.as_str()).map_err(|_invalid| {
-            ApiError::AuditUnavailable("the internal token is not a header value".to_owned())
-        })?;
-        authorization.set_sensitive(true);
-        request
-            .headers_mut()
-            .insert(header::AUTHORIZATION, authorization);
-        let round = async {
-            let response = self
-                .client
-                .request(request)
-                .await
-                .map_err(|e| ApiError::AuditUnavailable(format!("request failed: {e}")))?;
-            let status = response.status().as_u16();
-            let headers = response.headers().clone();
-            let body = Limited::new(response.into_body(), MAX_ANSWER_BYTES)
-                .collect()
-                .await
-                .map_err(|e| ApiError::AuditUnavailable(format!("answer body: {e}")))?
-                .to_bytes();
-            Ok::<_, ApiError>((status, headers, body))
-        };
-        let (status, headers, body) =
-            tokio::time::timeout(QUERY_TIMEOUT, round)
-                .await
-                .map_err(|_elapsed| {
-                    ApiError::AuditUnavailable(format!(
-                        "no answer within {} s",
-                        QUERY_TIMEOUT.as_secs()
-                    ))
-                })??;
-        interpret(status, &headers, body)
     }
+}
+
+/// One round trip to the internal endpoint.
+async fn remote(
+    client: &Client<Connector, Full<Bytes>>,
+    query_url: &str,
+    token: &str,
+    query: &serde_json::Value,
+    request_id: &str,
+) -> Result<Answer, ApiError> {
+    let bearer = Zeroizing::new(format!("Bearer {token}"));
+    let mut builder = Request::post(query_url)
+        .header(header::CONTENT_TYPE, "application/json")
+        .header(header::ACCEPT, "application/json, text/csv");
+    if let Ok(value) = HeaderValue::from_str(request_id) {
+        builder = builder.header(control_http::respond::REQUEST_ID, value);
+    }
+    let mut request = builder
+        .body(Full::new(Bytes::from(query.to_string())))
+        .map_err(|e| ApiError::AuditUnavailable(format!("cannot build the request: {e}")))?;
+    let mut authorization = HeaderValue::from_str(bearer.as_str()).map_err(|_invalid| {
+        ApiError::AuditUnavailable("the internal token is not a header value".to_owned())
+    })?;
+    authorization.set_sensitive(true);
+    request
+        .headers_mut()
+        .insert(header::AUTHORIZATION, authorization);
+    let round = async {
+        let response = client
+            .request(request)
+            .await
+            .map_err(|e| ApiError::AuditUnavailable(format!("request failed: {e}")))?;
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let body = Limited::new(response.into_body(), MAX_ANSWER_BYTES)
+            .collect()
+            .await
+            .map_err(|e| ApiError::AuditUnavailable(format!("answer body: {e}")))?
+            .to_bytes();
+        Ok::<_, ApiError>((status, headers, body))
+    };
+    let (status, headers, body) = tokio::time::timeout(QUERY_TIMEOUT, round)
+        .await
+        .map_err(|_elapsed| no_answer())??;
+    interpret(status, &headers, body)
+}
+
+/// The ledger's query, run here.
+async fn in_process(pool: &sqlx::PgPool, query: &serde_json::Value) -> Result<Answer, ApiError> {
+    use control_audit::query::{self, QueryError};
+    let request: query::QueryRequest = serde_json::from_value(query.clone()).map_err(|e| {
+        ApiError::AuditUnavailable(format!("the query is not the audit service's: {e}"))
+    })?;
+    let answer = tokio::time::timeout(QUERY_TIMEOUT, query::run(pool, request))
+        .await
+        .map_err(|_elapsed| no_answer())?;
+    match answer {
+        Ok(answer) => Ok(Answer {
+            content_type: if answer.content_type == query::CSV_TYPE {
+                "text/csv; charset=utf-8"
+            } else {
+                "application/json"
+            },
+            next_cursor: answer.next_cursor,
+            body: answer.body,
+        }),
+        Err(QueryError::Store(error)) => Err(ApiError::AuditUnavailable(format!(
+            "the ledger's database: {error}"
+        ))),
+        Err(refusal) => Err(refused(
+            refusal.status(),
+            Some((
+                refusal.code().to_owned(),
+                refusal.problem().message.into_owned(),
+            )),
+        )),
+    }
+}
+
+fn no_answer() -> ApiError {
+    ApiError::AuditUnavailable(format!("no answer within {} s", QUERY_TIMEOUT.as_secs()))
 }
 
 /// The audit service's answer as the API's outcome.
@@ -180,20 +250,26 @@ fn interpret(status: u16, headers: &http::HeaderMap, body: Bytes) -> Result<Answ
                 .to_owned();
             Some((code, message))
         });
+    Err(refused(status, refusal))
+}
+
+/// A refusal of the audit service (status, catalog code and message) as the API's: the
+/// caller's mistakes are passed on, everything else is `audit_unavailable`.
+fn refused(status: u16, refusal: Option<(String, String)>) -> ApiError {
     match (status, refusal) {
         (400, Some((code, message))) if code == "invalid_query" || code == "invalid_cursor" => {
-            Err(Problem::new(400, code, control_http::strict::printable(&message)).into())
+            Problem::new(400, code, control_http::strict::printable(&message)).into()
         }
-        (404, Some((code, _))) if code == "request_not_found" => Err(Problem::new(
+        (404, Some((code, _))) if code == "request_not_found" => Problem::new(
             404,
             "request_not_found",
             "no audit event has this request id",
         )
-        .into()),
-        (status, refusal) => Err(ApiError::AuditUnavailable(format!(
+        .into(),
+        (status, refusal) => ApiError::AuditUnavailable(format!(
             "audit service answered {status} {}",
             refusal.map(|(code, _)| code).unwrap_or_default()
-        ))),
+        )),
     }
 }
 

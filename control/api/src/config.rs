@@ -49,6 +49,10 @@ pub struct ApiConfig {
     /// `CARACAL_INTERNAL_TOKEN` / `_FILE`: the bearer of the audit service's internal
     /// endpoint. Without it the audit reads answer 503 `audit_unavailable`.
     pub internal_token: Option<Zeroizing<String>>,
+    /// Not a variable: `caracal all` sets it. The audit reads run in this process through a
+    /// pool that logs in as `caracal_audit` (its `DATABASE_URL_AUDIT` or the shared URL),
+    /// not over HTTP to `audit_url` (settled point 3).
+    pub audit_in_process: bool,
 }
 
 impl std::fmt::Debug for ApiConfig {
@@ -207,6 +211,7 @@ impl ApiConfig {
             policy,
             audit_url,
             internal_token: internal_token.map(Zeroizing::new),
+            audit_in_process: false,
             retention,
             auth_failures_per_minute,
             redis_url: lookup("REDIS_URL").unwrap_or_else(|| "redis://127.0.0.1:6379".to_owned()),

@@ -78,6 +78,9 @@ pub async fn start(config: ApiConfig, lookup: Lookup<'_>) -> Result<ApiHandle, A
     start_with_listener(config, lookup, listener).await
 }
 
+/// Most connections of the `caracal_audit` pool that answers the audit reads in process.
+const AUDIT_READ_POOL_MAX: u32 = 4;
+
 /// Starts the API on an already bound listener.
 pub async fn start_with_listener(
     config: ApiConfig,
@@ -116,9 +119,27 @@ pub async fn start_with_listener(
         max_connections: config.max_connections,
         ..control_http::ServeConfig::default()
     };
-    // Audit reads are forwarded to the audit service: this role has no rights on
-    // `audit_events` (settled point 3).
-    let audit_service = audit_service::AuditService::new(&config);
+    // Audit reads are the audit service's: this role has no rights on `audit_events`
+    // (settled point 3). In `caracal all` they run here, logged in as `caracal_audit`.
+    let audit_service = if config.audit_in_process {
+        use control_store::{StoreError, pool::connect_pool, settings};
+        let mut pool_settings = settings::PoolSettings::from_lookup(ServiceRole::Audit, lookup)
+            .map_err(StoreError::from)?;
+        pool_settings.max_connections = pool_settings.max_connections.min(AUDIT_READ_POOL_MAX);
+        pool_settings.min_connections = 0;
+        let options =
+            settings::connect_options(ServiceRole::Audit, lookup).map_err(StoreError::from)?;
+        let reads = connect_pool(
+            ServiceRole::Audit,
+            &config.instance_id,
+            options,
+            &pool_settings,
+        )
+        .await?;
+        audit_service::AuditService::in_process(reads)
+    } else {
+        audit_service::AuditService::new(&config)
+    };
     let api = Arc::new(state::Api {
         pool,
         config,

@@ -194,6 +194,7 @@ async fn dump_snapshot(
         heads: store::audit_chain_heads(&mut tx).await.map_err(database)?,
         key_ids: store::key_ids(&mut tx).await.map_err(database)?,
         binding_revision: store::binding_revision(&mut tx).await.map_err(database)?,
+        policy_activations: store::policy_activations(&mut tx).await.map_err(database)?,
         export_watermarks: store::export_watermarks(&mut tx).await.map_err(database)?,
     };
     pg::dump(libpq, Some(&snapshot), dump).await?;
@@ -521,7 +522,8 @@ mod tests {
             "format": 1, "caracal_version": "0.1.0", "created_at": "2026-12-02T00:00:00Z",
             "source": {"database": "caracal", "system_identifier": "42", "server_version": "15"},
             "schema": {}, "row_counts": {}, "audit_chain_heads": {}, "dek_ids": [],
-            "chain_key_ids": [], "binding_revision": 1, "export_watermarks": {},
+            "chain_key_ids": [], "binding_revision": 1, "policy_activations": {},
+            "export_watermarks": {},
             "includes_secrets": false, "replay_dirs": []
         });
         serde_json::from_value(raw).unwrap()

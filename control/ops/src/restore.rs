@@ -7,7 +7,7 @@
 //! | 1. isolated | `restore.isolated` | the target against the manifest's source database and cluster |
 //! | 2. secrets | `kek.match`, `restore.keys` | `ZONE_KEK` against every `dek_id` with a trial decrypt per zone; the audit and stream keys against the manifest's key ids |
 //! | 3. migrations | `db.migrations` | `caracal migrate --verify` |
-//! | 5. data | `restore.data`, `audit.chain`, `gateway.bindings` | chain heads and row counts against the manifest; the chain verified; every routable resource bound |
+//! | 5. data | `restore.data`, `audit.chain`, `gateway.bindings` | row counts (sessions, agents, delegations, …), chain heads and policy set activations against the manifest; the chain verified; every routable resource bound |
 //! | 4. services | `restore.ready` | `/ready` of every role: the URLs given, or a `caracal all` started against the target |
 //! | 6. canary | `restore.canary` | a governed request end to end in a temporary zone, both audit events awaited ([`canary`]) |
 //!
@@ -266,9 +266,10 @@ async fn data(manifest: &Manifest, conn: &mut sqlx::PgConnection) -> Check {
     let read = async {
         let counts = store::row_counts(conn).await?;
         let heads = store::audit_chain_heads(conn).await?;
-        Ok::<_, sqlx::Error>((counts, heads))
+        let activations = store::policy_activations(conn).await?;
+        Ok::<_, sqlx::Error>((counts, heads, activations))
     };
-    let (counts, heads) = match read.await {
+    let (counts, heads, activations) = match read.await {
         Ok(read) => read,
         Err(error) => {
             check.fail(
@@ -315,10 +316,41 @@ async fn data(manifest: &Manifest, conn: &mut sqlx::PgConnection) -> Check {
             "the restore is partial or rows were added after it: restore again",
         );
     }
+    let version = |v: &Option<String>| v.clone().unwrap_or_else(|| "none".to_owned());
+    let moved: Vec<String> = manifest
+        .policy_activations
+        .keys()
+        .chain(activations.keys())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .filter_map(|key| {
+            let (backup, restored) = (manifest.policy_activations.get(key), activations.get(key));
+            (backup != restored).then(|| {
+                let active = |a: Option<&store::PolicyActivation>| {
+                    a.map_or_else(
+                        || "no binding".to_owned(),
+                        |a| version(&a.active_version_id),
+                    )
+                };
+                format!(
+                    "{key} (active {} in the backup, {} restored)",
+                    active(backup),
+                    active(restored)
+                )
+            })
+        })
+        .collect();
+    if !moved.is_empty() {
+        check.fail(
+            format!("policy set activations differ: {}", moved.join(", ")),
+            "restore again into an empty database; an activation made after the restore must be made again through the admin API once verified",
+        );
+    }
     check.ok(format!(
-        "{} tables and {} audit chain heads match the backup of {}",
+        "{} tables, {} audit chain heads and {} policy set activations match the backup of {}",
         manifest.row_counts.len(),
         manifest.audit_chain_heads.len(),
+        manifest.policy_activations.len(),
         manifest.created_at.to_rfc3339()
     ));
     check.finish()

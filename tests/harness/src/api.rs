@@ -26,6 +26,19 @@ impl ApiFixture {
 
     /// Starts an API; `overrides` replace or add environment settings.
     pub async fn start_with(db: &TestDb, overrides: &[(&str, &str)]) -> anyhow::Result<Self> {
+        Self::start_configured(db, overrides, false).await
+    }
+
+    /// Starts an API that answers the audit reads in process, as in `caracal all`.
+    pub async fn start_with_audit_in_process(db: &TestDb) -> anyhow::Result<Self> {
+        Self::start_configured(db, &[], true).await
+    }
+
+    async fn start_configured(
+        db: &TestDb,
+        overrides: &[(&str, &str)],
+        audit_in_process: bool,
+    ) -> anyhow::Result<Self> {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let audit_key_hex = "5c".repeat(32);
@@ -48,7 +61,8 @@ impl ApiFixture {
             env.insert((*k).to_owned(), (*v).to_owned());
         }
         let lookup = move |name: &str| env.get(name).cloned().filter(|v| !v.is_empty());
-        let config = ApiConfig::from_lookup(&lookup)?;
+        let mut config = ApiConfig::from_lookup(&lookup)?;
+        config.audit_in_process = audit_in_process;
         let handle = control_api::start_with_listener(config, &lookup, listener).await?;
         Ok(Self {
             handle: Some(handle),

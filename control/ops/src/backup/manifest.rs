@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use control_store::{
     migrate::MigrationSet,
-    ops::backup::{AppliedMigration, ChainHead, DatabaseIdentity, KeyIds},
+    ops::backup::{AppliedMigration, ChainHead, DatabaseIdentity, KeyIds, PolicyActivation},
 };
 use serde::{Deserialize, Serialize};
 
@@ -39,6 +39,8 @@ pub struct Manifest {
     pub chain_key_ids: Vec<String>,
     /// `gateway_binding_revision.version`.
     pub binding_revision: Option<i64>,
+    /// The activation of every policy set binding, keyed `zone_id/policy_set_id`.
+    pub policy_activations: BTreeMap<String, PolicyActivation>,
     /// Audit export watermarks (exports themselves are not copied: they belong in their
     /// immutable archive).
     pub export_watermarks: BTreeMap<String, Option<DateTime<Utc>>>,
@@ -83,6 +85,8 @@ pub struct SourceFacts {
     pub key_ids: KeyIds,
     /// The binding revision.
     pub binding_revision: Option<i64>,
+    /// The policy set activations.
+    pub policy_activations: BTreeMap<String, PolicyActivation>,
     /// The export watermarks.
     pub export_watermarks: BTreeMap<String, Option<DateTime<Utc>>>,
 }
@@ -109,6 +113,7 @@ impl Manifest {
             dek_ids: facts.key_ids.dek_ids,
             chain_key_ids: facts.key_ids.chain_key_ids,
             binding_revision: facts.binding_revision,
+            policy_activations: facts.policy_activations,
             export_watermarks: facts.export_watermarks,
             includes_secrets,
             replay_dirs,
@@ -180,6 +185,7 @@ mod tests {
             dek_ids: vec![],
             chain_key_ids: vec![],
             binding_revision: Some(1),
+            policy_activations: BTreeMap::new(),
             export_watermarks: BTreeMap::new(),
             includes_secrets: false,
             replay_dirs: vec![],

@@ -184,7 +184,7 @@ impl Step {
                 "check --gateway-url and look up the request id, when one is named, in the gateway's log; the gateway must reach the canary's echo upstream on 127.0.0.1 of this host (run restore verify beside it) and allow loopback upstreams (UPSTREAM_HOST_ALLOWLIST)"
             }
             Step::Audit => {
-                "the ledger did not record the gateway's request: check the audit service, the API's CARACAL_AUDIT_URL and CARACAL_INTERNAL_TOKEN, and `caracal doctor` (consumer lag, dead letters)"
+                "the ledger did not record the gateway's request: check the audit service, the API's way to it (CARACAL_AUDIT_URL and CARACAL_INTERNAL_TOKEN when the roles run apart), and `caracal doctor` (consumer lag, dead letters)"
             }
             Step::SessionEnd => "the canary's sessions end on their own within 10 minutes",
             Step::ZoneArchive => {

@@ -215,6 +215,43 @@ pub async fn binding_revision(conn: &mut PgConnection) -> Result<Option<i64>, sq
         .await
 }
 
+/// What one policy set binding activates: the version in force and the stored-only shadow.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PolicyActivation {
+    /// `active_version_id`.
+    pub active_version_id: Option<String>,
+    /// `shadow_version_id`.
+    pub shadow_version_id: Option<String>,
+}
+
+/// Every policy set binding's activation, keyed `zone_id/policy_set_id`.
+///
+/// # Errors
+///
+/// Database errors.
+pub async fn policy_activations(
+    conn: &mut PgConnection,
+) -> Result<BTreeMap<String, PolicyActivation>, sqlx::Error> {
+    let rows: Vec<(String, Option<String>, Option<String>)> = sqlx::query_as(
+        "SELECT zone_id || '/' || policy_set_id, active_version_id, shadow_version_id
+           FROM caracal.policy_set_bindings ORDER BY 1",
+    )
+    .fetch_all(conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(key, active_version_id, shadow_version_id)| {
+            (
+                key,
+                PolicyActivation {
+                    active_version_id,
+                    shadow_version_id,
+                },
+            )
+        })
+        .collect())
+}
+
 /// Every audit export watermark (`name` → last exported hour).
 ///
 /// # Errors

@@ -574,8 +574,28 @@ async fn the_admin_api_answers_audit_reads_through_the_audit_service() -> anyhow
         ],
     )
     .await?;
+    let zone = reads_answer_as_specified(&db, &api).await?;
+
+    // The audit service away: 503 audit_unavailable.
+    audit.stop().await;
+    let resp = api
+        .admin("GET", &format!("/v1/zones/{zone}/audit"), None)
+        .await?;
+    assert_problem(&resp, 503, "audit_unavailable");
+    let resp = api
+        .admin("GET", &format!("/v1/zones/{zone}/admin-audit"), None)
+        .await?;
+    assert_problem(&resp, 503, "audit_unavailable");
+    api.stop().await;
+    Ok(())
+}
+
+/// Seeds a zone's events and checks every audit read the admin API answers: pages and
+/// cursors, filters, CSV, by request, the admin audit log, and the refusals. Returns the
+/// zone.
+async fn reads_answer_as_specified(db: &TestDb, api: &ApiFixture) -> anyhow::Result<String> {
     let zone = api.create_zone("audited").await?;
-    seed(&db, &zone).await;
+    seed(db, &zone).await;
 
     // A page, then the rest through the cursor.
     let first = api
@@ -709,16 +729,16 @@ async fn the_admin_api_answers_audit_reads_through_the_audit_service() -> anyhow
     assert_eq!(resp.status, 200);
     assert_eq!(resp.json()?["items"], json!([]));
 
-    // The audit service away: 503 audit_unavailable.
-    audit.stop().await;
-    let resp = api
-        .admin("GET", &format!("/v1/zones/{zone}/audit"), None)
-        .await?;
-    assert_problem(&resp, 503, "audit_unavailable");
-    let resp = api
-        .admin("GET", &format!("/v1/zones/{zone}/admin-audit"), None)
-        .await?;
-    assert_problem(&resp, 503, "audit_unavailable");
+    Ok(zone)
+}
+
+#[tokio::test]
+async fn in_caracal_all_the_admin_api_answers_audit_reads_in_process() -> anyhow::Result<()> {
+    let db = TestDb::migrated().await?;
+    // No audit service runs and no internal token is configured: the reads go through the
+    // API's own caracal_audit pool.
+    let api = ApiFixture::start_with_audit_in_process(&db).await?;
+    reads_answer_as_specified(&db, &api).await?;
     api.stop().await;
     Ok(())
 }
