@@ -7,7 +7,7 @@
 //! that do not survive an IEEE-754 double, nesting deeper than [`MAX_NESTING`].
 
 use chrono::{DateTime, SecondsFormat, Timelike, Utc};
-use control_crypto::{AUDIT_CONTENT_DOMAIN, content_sha256};
+use control_crypto::{AUDIT_CONTENT_DOMAIN, CanonicalError, canonical_sha256};
 use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value, json};
 
@@ -165,10 +165,81 @@ impl LedgerEvent {
     ///
     /// # Errors
     ///
-    /// [`control_crypto::CanonicalError`], which a parsed event cannot produce.
-    pub fn content_sha256(&self) -> Result<[u8; 32], control_crypto::CanonicalError> {
-        content_sha256(AUDIT_CONTENT_DOMAIN, &self.canonical())
+    /// [`CanonicalError`], which a parsed event cannot produce.
+    pub fn content_sha256(&self) -> Result<[u8; 32], CanonicalError> {
+        Ok(self.content()?.sha256)
     }
+
+    /// The content hash and the JCS text of the three JSON members, from one serialisation
+    /// of each value: the canonical object is written member by member in JCS order (the
+    /// same bytes as JCS of [`canonical`](Self::canonical), without building that object),
+    /// and the members' texts are what the ledger stores in their `jsonb` columns.
+    ///
+    /// # Errors
+    ///
+    /// [`CanonicalError`], which a parsed event cannot produce.
+    pub fn content(&self) -> Result<Content, CanonicalError> {
+        fn jcs<T: serde::Serialize>(value: &T) -> Result<String, CanonicalError> {
+            serde_json_canonicalizer::to_string(value).map_err(|_unserialisable| CanonicalError)
+        }
+        let json = |value: &Option<Value>| value.as_ref().map(jcs).transpose();
+        let determining_policies_json = json(&self.determining_policies_json)?;
+        let diagnostics_json = json(&self.diagnostics_json)?;
+        let metadata_json = json(&self.metadata_json)?;
+        let or_null = |text: &Option<String>| text.as_deref().unwrap_or("null").to_owned();
+        // The names are ASCII, so JCS's UTF-16 order is their byte order.
+        let members: [(&str, String); 13] = [
+            ("decision", jcs(&self.decision)?),
+            (
+                "determining_policies_json",
+                or_null(&determining_policies_json),
+            ),
+            ("diagnostics_json", or_null(&diagnostics_json)),
+            ("evaluation_status", jcs(&self.evaluation_status)?),
+            ("event_type", jcs(&self.event_type)?),
+            ("id", jcs(&self.id)?),
+            ("manifest_sha", jcs(&self.manifest_sha)?),
+            ("metadata_json", or_null(&metadata_json)),
+            ("occurred_at", jcs(&format_time(self.occurred_at))?),
+            ("policy_set_id", jcs(&self.policy_set_id)?),
+            ("policy_set_version_id", jcs(&self.policy_set_version_id)?),
+            ("request_id", jcs(&self.request_id)?),
+            ("zone_id", jcs(&self.zone_id)?),
+        ];
+        let length: usize = members.iter().map(|(n, v)| n.len() + v.len() + 4).sum();
+        let mut canonical = String::with_capacity(length + 2);
+        canonical.push('{');
+        for (n, (name, value)) in members.iter().enumerate() {
+            if n > 0 {
+                canonical.push(',');
+            }
+            canonical.push('"');
+            canonical.push_str(name);
+            canonical.push_str("\":");
+            canonical.push_str(value);
+        }
+        canonical.push('}');
+        Ok(Content {
+            sha256: canonical_sha256(AUDIT_CONTENT_DOMAIN, canonical.as_bytes()),
+            determining_policies_json,
+            diagnostics_json,
+            metadata_json,
+        })
+    }
+}
+
+/// An event's content hash with the canonical text of its JSON members
+/// ([`LedgerEvent::content`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Content {
+    /// `content_sha256`.
+    pub sha256: [u8; 32],
+    /// JCS text of `determining_policies_json`.
+    pub determining_policies_json: Option<String>,
+    /// JCS text of `diagnostics_json`.
+    pub diagnostics_json: Option<String>,
+    /// JCS text of `metadata_json`.
+    pub metadata_json: Option<String>,
 }
 
 /// Renders a time as the ledger does everywhere: UTC, 6 fractional digits, `Z`.
@@ -528,7 +599,67 @@ mod tests {
         assert!(parse_occurred_at("2026-12-31T23:59:60Z").is_none());
     }
 
+    /// The hash of the canonical object written member by member equals the hash of the
+    /// JCS of the whole object, and the member texts read back to the same canonical values.
+    fn assert_content_matches_the_canonical_object(event: &LedgerEvent) {
+        let whole =
+            control_crypto::content_sha256(AUDIT_CONTENT_DOMAIN, &event.canonical()).unwrap();
+        let content = event.content().unwrap();
+        assert_eq!(content.sha256, whole);
+        for (text, value) in [
+            (
+                &content.determining_policies_json,
+                &event.determining_policies_json,
+            ),
+            (&content.diagnostics_json, &event.diagnostics_json),
+            (&content.metadata_json, &event.metadata_json),
+        ] {
+            // Read back as the sweep reads the column: the same canonical value (JCS
+            // writes -0 as 0, so compare canonical forms).
+            let reread = text.as_ref().map(|t| strict_json(t.as_bytes()).unwrap());
+            let jcs = |v: &Option<Value>| {
+                v.as_ref()
+                    .map(|v| serde_json_canonicalizer::to_string(v).unwrap())
+            };
+            assert_eq!(jcs(&reread), jcs(value));
+        }
+    }
+
+    #[test]
+    fn content_is_the_hash_of_the_canonical_object_with_every_member_shape() {
+        assert_content_matches_the_canonical_object(
+            &LedgerEvent::parse(VECTOR.as_bytes()).unwrap(),
+        );
+        let sparse =
+            r#"{"id":"e-1","zone_id":"z","event_type":"t","occurred_at":"2026-05-21T12:00:00Z"}"#;
+        let event = LedgerEvent::parse(sparse.as_bytes()).unwrap();
+        assert_eq!(event.content().unwrap().metadata_json, None);
+        assert_content_matches_the_canonical_object(&event);
+        let escapes = with(
+            r#""request_id":"r\"\\\n\u001f\u00e9\ud83d\ude00","metadata_json":{"\u00e9":1,"e":[1e21,1e-7,-0.0,"\u2028"],"f":{"b":null,"a":true}}"#,
+        );
+        assert_content_matches_the_canonical_object(
+            &LedgerEvent::parse(escapes.as_bytes()).unwrap(),
+        );
+    }
+
     proptest::proptest! {
+        #[test]
+        fn content_matches_the_canonical_object(
+            n in proptest::num::f64::NORMAL,
+            s in "\\PC{0,12}",
+            k in "[a-zA-Z\u{e0}-\u{ff}\u{1f600}]{1,4}",
+        ) {
+            let data = with(&format!(
+                r#""request_id":{s},"metadata_json":{{{k}:{{"n":{n:e},"s":{s}}},"z":[{s}]}}"#,
+                s = serde_json::to_string(&s).unwrap(),
+                k = serde_json::to_string(&k).unwrap(),
+            ));
+            if let Ok(event) = LedgerEvent::parse(data.as_bytes()) {
+                assert_content_matches_the_canonical_object(&event);
+            }
+        }
+
         /// Whatever the parser accepts hashes the same after a trip through text, as the
         /// jsonb columns make it.
         #[test]

@@ -6,7 +6,10 @@ use control_crypto::verify_hmac_sha256_hex;
 use control_events::streams::{AUDIT_FIELD_DATA, AUDIT_FIELD_ID, AUDIT_FIELD_SIG};
 use redis::streams::StreamId;
 
-use crate::{canonical::LedgerEvent, config::LedgerKeys};
+use crate::{
+    canonical::{Content, LedgerEvent},
+    config::LedgerKeys,
+};
 
 /// A stream entry as read: its stream id and the three fields (absent ones empty).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,8 +50,8 @@ pub struct Checked {
     pub entry_id: String,
     /// The normalised event.
     pub event: LedgerEvent,
-    /// Its content hash.
-    pub content: [u8; 32],
+    /// Its content hash and the canonical text of its JSON members.
+    pub content: Content,
 }
 
 /// The accepted `occurred_at` window (§8.3).
@@ -92,7 +95,7 @@ pub fn check(entry: &Entry, keys: &LedgerKeys, window: Window) -> Result<Checked
         return Err("occurred_at_out_of_range".to_owned());
     }
     let content = event
-        .content_sha256()
+        .content()
         .map_err(|_unserialisable| "invalid_event:canonical".to_owned())?;
     Ok(Checked {
         entry_id: entry.entry_id.clone(),

@@ -257,7 +257,7 @@ impl Ledger {
             let event = &checked.event;
             let key = (event.id.clone(), event.occurred_at);
             if let Some(stored) = known.get(&key) {
-                if stored.as_slice() == checked.content.as_slice() {
+                if stored.as_slice() == checked.content.sha256.as_slice() {
                     done.benign += 1;
                 } else {
                     alerts.push(Alert {
@@ -268,7 +268,7 @@ impl Ledger {
                         detail: format!(
                             "stored={} incoming={}",
                             hex::encode(stored),
-                            hex::encode(checked.content)
+                            hex::encode(checked.content.sha256)
                         ),
                     });
                     done.tampered.push(n);
@@ -276,7 +276,7 @@ impl Ledger {
                 continue;
             }
             seq += 1;
-            let content = checked.content.to_vec();
+            let content = checked.content.sha256.to_vec();
             rows.push(NewRow {
                 id: event.id.clone(),
                 zone_id: event.zone_id.clone(),
@@ -287,12 +287,9 @@ impl Ledger {
                 policy_set_version_id: event.policy_set_version_id.clone(),
                 manifest_sha: event.manifest_sha.clone(),
                 evaluation_status: event.evaluation_status.clone(),
-                determining_policies_json: event
-                    .determining_policies_json
-                    .as_ref()
-                    .map(ToString::to_string),
-                diagnostics_json: event.diagnostics_json.as_ref().map(ToString::to_string),
-                metadata_json: event.metadata_json.as_ref().map(ToString::to_string),
+                determining_policies_json: checked.content.determining_policies_json.clone(),
+                diagnostics_json: checked.content.diagnostics_json.clone(),
+                metadata_json: checked.content.metadata_json.clone(),
                 occurred_at: event.occurred_at,
                 ingested_at,
                 content_sha256: content.clone(),

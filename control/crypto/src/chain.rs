@@ -36,11 +36,17 @@ pub fn content_sha256(
 ) -> Result<[u8; 32], CanonicalError> {
     let canonical =
         serde_json_canonicalizer::to_vec(members).map_err(|_unserialisable| CanonicalError)?;
+    Ok(canonical_sha256(domain, &canonical))
+}
+
+/// `SHA-256(domain LF canonical)` for members the caller already wrote as JCS bytes.
+#[must_use]
+pub fn canonical_sha256(domain: &str, canonical: &[u8]) -> [u8; 32] {
     let mut hasher = Sha256::new();
     hasher.update(domain.as_bytes());
     hasher.update(b"\n");
-    hasher.update(&canonical);
-    Ok(hasher.finalize().into())
+    hasher.update(canonical);
+    hasher.finalize().into()
 }
 
 /// The chain HMAC of row `seq` in chain `chain` (a zone id or `*`).

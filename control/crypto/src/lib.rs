@@ -40,7 +40,7 @@ mod stream_sig;
 
 pub use chain::{
     ADMIN_AUDIT_CONTENT_DOMAIN, AUDIT_CONTENT_DOMAIN, CHAIN_DOMAIN, CanonicalError, INGEST_DOMAIN,
-    chain_hmac, content_sha256, ingest_signature,
+    canonical_sha256, chain_hmac, content_sha256, ingest_signature,
 };
 pub use compare::ct_eq;
 pub use jwt::{JwtError, JwtHeader, MAX_TOKEN_BYTES, PublicKey, UnverifiedJwt, ZoneSigningKey};
