@@ -25,20 +25,26 @@ pub struct Entry {
 }
 
 impl Entry {
-    /// Reads the fields of a stream entry; a field that is not a string counts as absent.
+    /// Takes the fields out of a stream entry (moved, not copied: `data` is most of a
+    /// batch's bytes); a field that is not a string counts as absent.
     #[must_use]
-    pub fn from_stream(entry: &StreamId) -> Self {
-        let field = |name: &str| {
+    pub fn from_stream(mut entry: StreamId) -> Self {
+        let mut field = |name: &str| {
             entry
                 .map
-                .get(name)
-                .and_then(|v| redis::from_redis_value::<String>(v.clone()).ok())
+                .remove(name)
+                .and_then(|v| redis::from_redis_value::<String>(v).ok())
         };
+        let (id, data, sig) = (
+            field(AUDIT_FIELD_ID),
+            field(AUDIT_FIELD_DATA),
+            field(AUDIT_FIELD_SIG),
+        );
         Self {
-            entry_id: entry.id.clone(),
-            id: field(AUDIT_FIELD_ID),
-            data: field(AUDIT_FIELD_DATA),
-            sig: field(AUDIT_FIELD_SIG),
+            entry_id: entry.id,
+            id,
+            data,
+            sig,
         }
     }
 }

@@ -16,7 +16,6 @@ use control_model::ZoneId;
 use control_store::{
     StoreError,
     audit::ledger::{self, Alert, NewRow},
-    zone::zone_tx,
 };
 use redis::aio::ConnectionLike;
 use sqlx::PgPool;
@@ -235,18 +234,18 @@ impl Ledger {
         zone: &ZoneId,
         items: &[(Entry, Checked)],
     ) -> Result<ZoneDone, ZoneFailure> {
-        let mut tx = zone_tx(&self.pool, zone).await?;
-        ledger::lock_chain(&mut tx, zone.as_str()).await?;
-        let head = ledger::head(&mut tx, zone.as_str()).await?;
+        let mut tx = ledger::begin_chain(&self.pool, zone).await?;
         let ids: Vec<String> = items.iter().map(|(_, c)| c.event.id.clone()).collect();
         let times: Vec<DateTime<Utc>> = items.iter().map(|(_, c)| c.event.occurred_at).collect();
-        let mut known: HashMap<(String, DateTime<Utc>), Vec<u8>> =
-            ledger::existing(&mut tx, zone.as_str(), &ids, &times)
-                .await?
-                .into_iter()
-                .map(|(id, at, hash)| ((id, at), hash))
-                .collect();
-        let (mut seq, mut prev) = head.map_or((0, None), |h| (h.chain_seq, Some(h.content_sha256)));
+        let state = ledger::chain_state(&mut tx, zone.as_str(), &ids, &times).await?;
+        let mut known: HashMap<(String, DateTime<Utc>), Vec<u8>> = state
+            .existing
+            .into_iter()
+            .map(|(id, at, hash)| ((id, at), hash))
+            .collect();
+        let (mut seq, mut prev) = state
+            .head
+            .map_or((0, None), |h| (h.chain_seq, Some(h.content_sha256)));
         let ingested_at = truncate_to_micros(Utc::now());
         let ingested_text = format_time(ingested_at);
         let chain_key = self.keys.chain.as_ref();
@@ -305,7 +304,7 @@ impl Ledger {
             prev = Some(content);
             done.inserted += 1;
         }
-        ledger::insert(&mut tx, &rows).await?;
+        ledger::insert(&mut tx, rows).await?;
         ledger::insert_alerts(&mut tx, &alerts).await?;
         tx.commit().await?;
         Ok(done)

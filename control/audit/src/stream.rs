@@ -166,8 +166,8 @@ pub fn spawn_ingest(
                         .last_read_ms
                         .store(chrono::Utc::now().timestamp_millis(), Ordering::Relaxed);
                     let entries: Vec<Entry> = reply
-                        .iter()
-                        .flat_map(|r| r.keys.iter().flat_map(|k| k.ids.iter()))
+                        .into_iter()
+                        .flat_map(|r| r.keys.into_iter().flat_map(|k| k.ids.into_iter()))
                         .map(Entry::from_stream)
                         .collect();
                     if entries.is_empty() {
@@ -254,7 +254,7 @@ pub async fn claim_round<C: ConnectionLike + Send + Sync>(
             let deliveries = delivery_counts(conn, consumer, &reply.claimed).await?;
             let mut fresh = Vec::new();
             let mut done = Vec::new();
-            for stream_entry in &reply.claimed {
+            for stream_entry in reply.claimed {
                 let entry = Entry::from_stream(stream_entry);
                 let delivered = deliveries.get(&entry.entry_id).copied().unwrap_or(1);
                 if delivered > ledger.settings.max_deliveries {

@@ -68,6 +68,23 @@ pub async fn zone_tx(pool: &PgPool, zone: &ZoneId) -> Result<ZoneTx, StoreError>
     })
 }
 
+/// [`zone_tx`] whose first round trip also runs `prologue`, a fixed statement that may read
+/// the zone through `current_setting('caracal.zone_id')` (the ledger takes its chain lock
+/// this way). `prologue` is a constant of this crate, never built from input.
+pub(crate) async fn zone_tx_with(
+    pool: &PgPool,
+    zone: &ZoneId,
+    prologue: &'static str,
+) -> Result<ZoneTx, StoreError> {
+    let literal = scope_literal(zone.as_str())?;
+    let statement =
+        format!("BEGIN; SELECT set_config('caracal.zone_id', {literal}, true); {prologue}");
+    Ok(ZoneTx {
+        tx: pool.begin_with(statement).await?,
+        zone: zone.clone(),
+    })
+}
+
 /// Begins a `REPEATABLE READ READ ONLY` transaction scoped to `zone`: one consistent
 /// snapshot for a group of reads (the STS's re-validation reads, authority §2.3).
 pub async fn zone_snapshot(pool: &PgPool, zone: &ZoneId) -> Result<ZoneTx, StoreError> {

@@ -145,7 +145,7 @@ async fn insert(pool: &PgPool, rows: &[AuditRow]) {
     }
     for (zone, rows) in by_zone {
         let mut tx = zone_tx(pool, &ZoneId::parse(zone).unwrap()).await.unwrap();
-        ledger::insert(&mut tx, &rows).await.unwrap();
+        ledger::insert(&mut tx, rows).await.unwrap();
         tx.commit().await.unwrap();
     }
 }
