@@ -1,7 +1,7 @@
 //! `audit_bench`: the audit ledger's benchmark (issue 8).
 //!
 //! ```text
-//! audit_bench [--events 200000] [--zones 16] [--rate 40000] [--seconds 60] [--workers 2] [--out FILE]
+//! audit_bench [--events 200000] [--zones 16] [--rate 40000] [--seconds 60] [--workers 4] [--out FILE]
 //! ```
 //!
 //! In one process, on a fresh migrated database and a leased Redis database (4–11, flushed),
@@ -50,7 +50,7 @@ struct Args {
     #[arg(long, default_value_t = 60)]
     seconds: u64,
     /// Ingest loops (`AUDIT_WORKERS`).
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = 4)]
     workers: u32,
     /// Entries per read (`AUDIT_BATCH_SIZE`).
     #[arg(long, default_value_t = 1000)]

@@ -179,48 +179,78 @@ impl LedgerEvent {
     ///
     /// [`CanonicalError`], which a parsed event cannot produce.
     pub fn content(&self) -> Result<Content, CanonicalError> {
-        fn jcs<T: serde::Serialize>(value: &T) -> Result<String, CanonicalError> {
-            serde_json_canonicalizer::to_string(value).map_err(|_unserialisable| CanonicalError)
-        }
-        let json = |value: &Option<Value>| value.as_ref().map(jcs).transpose();
+        let json = |value: &Option<Value>| {
+            value
+                .as_ref()
+                .map(serde_json_canonicalizer::to_string)
+                .transpose()
+                .map_err(|_unserialisable| CanonicalError)
+        };
         let determining_policies_json = json(&self.determining_policies_json)?;
         let diagnostics_json = json(&self.diagnostics_json)?;
         let metadata_json = json(&self.metadata_json)?;
-        let or_null = |text: &Option<String>| text.as_deref().unwrap_or("null").to_owned();
+        /// A member's value: JCS text already written, or a value to write.
+        enum Member<'a> {
+            Json(Option<&'a str>),
+            Text(Option<&'a str>),
+        }
+        let occurred_at = format_time(self.occurred_at);
         // The names are ASCII, so JCS's UTF-16 order is their byte order.
-        let members: [(&str, String); 13] = [
-            ("decision", jcs(&self.decision)?),
+        let members = [
+            ("decision", Member::Text(self.decision.as_deref())),
             (
                 "determining_policies_json",
-                or_null(&determining_policies_json),
+                Member::Json(determining_policies_json.as_deref()),
             ),
-            ("diagnostics_json", or_null(&diagnostics_json)),
-            ("evaluation_status", jcs(&self.evaluation_status)?),
-            ("event_type", jcs(&self.event_type)?),
-            ("id", jcs(&self.id)?),
-            ("manifest_sha", jcs(&self.manifest_sha)?),
-            ("metadata_json", or_null(&metadata_json)),
-            ("occurred_at", jcs(&format_time(self.occurred_at))?),
-            ("policy_set_id", jcs(&self.policy_set_id)?),
-            ("policy_set_version_id", jcs(&self.policy_set_version_id)?),
-            ("request_id", jcs(&self.request_id)?),
-            ("zone_id", jcs(&self.zone_id)?),
+            (
+                "diagnostics_json",
+                Member::Json(diagnostics_json.as_deref()),
+            ),
+            (
+                "evaluation_status",
+                Member::Text(self.evaluation_status.as_deref()),
+            ),
+            ("event_type", Member::Text(Some(&self.event_type))),
+            ("id", Member::Text(Some(&self.id))),
+            ("manifest_sha", Member::Text(self.manifest_sha.as_deref())),
+            ("metadata_json", Member::Json(metadata_json.as_deref())),
+            ("occurred_at", Member::Text(Some(&occurred_at))),
+            ("policy_set_id", Member::Text(self.policy_set_id.as_deref())),
+            (
+                "policy_set_version_id",
+                Member::Text(self.policy_set_version_id.as_deref()),
+            ),
+            ("request_id", Member::Text(self.request_id.as_deref())),
+            ("zone_id", Member::Text(Some(&self.zone_id))),
         ];
-        let length: usize = members.iter().map(|(n, v)| n.len() + v.len() + 4).sum();
-        let mut canonical = String::with_capacity(length + 2);
-        canonical.push('{');
+        let json_bytes = [
+            &determining_policies_json,
+            &diagnostics_json,
+            &metadata_json,
+        ]
+        .iter()
+        .map(|t| t.as_ref().map_or(0, String::len))
+        .sum::<usize>();
+        let mut canonical: Vec<u8> = Vec::with_capacity(json_bytes + 512);
+        canonical.push(b'{');
         for (n, (name, value)) in members.iter().enumerate() {
             if n > 0 {
-                canonical.push(',');
+                canonical.push(b',');
             }
-            canonical.push('"');
-            canonical.push_str(name);
-            canonical.push_str("\":");
-            canonical.push_str(value);
+            canonical.push(b'"');
+            canonical.extend_from_slice(name.as_bytes());
+            canonical.extend_from_slice(b"\":");
+            match value {
+                Member::Json(text) => {
+                    canonical.extend_from_slice(text.unwrap_or("null").as_bytes());
+                }
+                Member::Text(text) => serde_json_canonicalizer::to_writer(text, &mut canonical)
+                    .map_err(|_unserialisable| CanonicalError)?,
+            }
         }
-        canonical.push('}');
+        canonical.push(b'}');
         Ok(Content {
-            sha256: canonical_sha256(AUDIT_CONTENT_DOMAIN, canonical.as_bytes()),
+            sha256: canonical_sha256(AUDIT_CONTENT_DOMAIN, &canonical),
             determining_policies_json,
             diagnostics_json,
             metadata_json,

@@ -135,6 +135,8 @@ impl AuditFixture {
             ("CARACAL_INSTANCE_ID".to_owned(), instance_id.clone()),
             ("CARACAL_DB_POOL_MAX".to_owned(), "4".to_owned()),
             ("CARACAL_DB_POOL_MIN".to_owned(), "0".to_owned()),
+            // Two loops (the default is 4) keep the tests' consumers and connections few.
+            ("AUDIT_WORKERS".to_owned(), "2".to_owned()),
             ("AUDIT_CLAIM_IDLE_SECS".to_owned(), "1".to_owned()),
             ("AUDIT_STREAM_TRIM_INTERVAL_SECS".to_owned(), "1".to_owned()),
             ("AUDIT_LEADER_TICK_SECS".to_owned(), "1".to_owned()),
