@@ -61,7 +61,7 @@ impl DerefMut for ZoneTx {
 
 /// Begins a transaction in which row-level security admits `zone`'s rows only.
 pub async fn zone_tx(pool: &PgPool, zone: &ZoneId) -> Result<ZoneTx, StoreError> {
-    let tx = begin_scoped(pool, "BEGIN", zone.as_str()).await?;
+    let tx = begin_scoped(pool, "BEGIN", zone.as_str(), None).await?;
     Ok(ZoneTx {
         tx,
         zone: zone.clone(),
@@ -76,11 +76,9 @@ pub(crate) async fn zone_tx_with(
     zone: &ZoneId,
     prologue: &'static str,
 ) -> Result<ZoneTx, StoreError> {
-    let literal = scope_literal(zone.as_str())?;
-    let statement =
-        format!("BEGIN; SELECT set_config('caracal.zone_id', {literal}, true); {prologue}");
+    let tx = begin_scoped(pool, "BEGIN", zone.as_str(), Some(prologue)).await?;
     Ok(ZoneTx {
-        tx: pool.begin_with(statement).await?,
+        tx,
         zone: zone.clone(),
     })
 }
@@ -92,6 +90,7 @@ pub async fn zone_snapshot(pool: &PgPool, zone: &ZoneId) -> Result<ZoneTx, Store
         pool,
         "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
         zone.as_str(),
+        None,
     )
     .await?;
     Ok(ZoneTx {
@@ -129,7 +128,7 @@ impl DerefMut for CrossZoneRead {
 
 /// Begins a `READ ONLY` transaction with `caracal.zone_id = '*'`.
 pub async fn cross_zone_read(pool: &PgPool) -> Result<CrossZoneRead, StoreError> {
-    let tx = begin_scoped(pool, "BEGIN READ ONLY", CROSS_ZONE).await?;
+    let tx = begin_scoped(pool, "BEGIN READ ONLY", CROSS_ZONE, None).await?;
     Ok(CrossZoneRead { tx })
 }
 
@@ -138,20 +137,25 @@ pub async fn cross_zone_read(pool: &PgPool) -> Result<CrossZoneRead, StoreError>
 /// rows are (their policy needs the zone id). Tables without row-level security (`zones`)
 /// behave as anywhere else.
 pub async fn global_tx(pool: &PgPool) -> Result<CrossZoneRead, StoreError> {
-    let tx = begin_scoped(pool, "BEGIN", CROSS_ZONE).await?;
+    let tx = begin_scoped(pool, "BEGIN", CROSS_ZONE, None).await?;
     Ok(CrossZoneRead { tx })
 }
 
-/// Begins a transaction with `begin` (a `BEGIN` statement with its characteristics) and sets
-/// `caracal.zone_id` transaction-locally to `zone` (a zone id or [`CROSS_ZONE`]), both in one
-/// round trip.
+/// Begins a transaction with `begin` (a `BEGIN` statement with its characteristics), sets
+/// `caracal.zone_id` transaction-locally to `zone` (a zone id or [`CROSS_ZONE`]) and runs
+/// `prologue` (a constant statement) when given, all in one round trip.
 async fn begin_scoped(
     pool: &PgPool,
     begin: &'static str,
     zone: &str,
+    prologue: Option<&'static str>,
 ) -> Result<Transaction<'static, Postgres>, StoreError> {
     let literal = scope_literal(zone)?;
-    let statement = format!("{begin}; SELECT set_config('caracal.zone_id', {literal}, true)");
+    let mut statement = format!("{begin}; SELECT set_config('caracal.zone_id', {literal}, true)");
+    if let Some(prologue) = prologue {
+        statement.push_str("; ");
+        statement.push_str(prologue);
+    }
     Ok(pool.begin_with(statement).await?)
 }
 
