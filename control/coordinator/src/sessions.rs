@@ -222,6 +222,7 @@ pub async fn start(co: &Coordinator, req: &CoordRequest) -> Result<Reply, CoordE
         &start.application_id,
         limits.per_zone,
         limits.per_app,
+        dcr,
     )
     .await?;
     if slots.zone >= limits.per_zone {

@@ -42,6 +42,8 @@ pub const TABLES: &[TableSpec] = &[
     t("policy_set_versions", true, ["SI", "S*", "S*", "", ""]),
     t("policy_set_bindings", true, ["SIUD", "S*", "S*", "", ""]),
     t("agent_sessions", true, ["SU", "S", "S*", "SIUD*", ""]),
+    t("agent_session_slots", true, ["", "", "", "SU", ""]),
+    t("agent_session_slot_releases", true, ["", "", "", "SD", ""]),
     t("agent_topology", true, ["S", "", "", "SID*", ""]),
     t("delegation_edges", true, ["SU", "S", "S*", "SIUD*", ""]),
     t(
@@ -104,6 +106,7 @@ pub const FUNCTIONS: &[(&str, &[&str])] = &[
     ("caracal_reject_change", &[]),
     ("caracal_bump_binding_revision", &[]),
     ("caracal_plugin_content_immutable", &[]),
+    ("caracal_agent_session_slots", &[]),
     ("caracal_audit_events_append_only", &[]),
     ("caracal_audit_ensure_partitions", &["caracal_audit"]),
     ("caracal_audit_drop_partitions", &["caracal_audit"]),
@@ -153,6 +156,9 @@ pub const TRIGGERS: &[(&str, &str)] = &[
         "resource_plugin_bindings",
         "resource_plugin_bindings_binding_revision",
     ),
+    ("agent_sessions", "agent_sessions_slot_taken"),
+    ("agent_sessions", "agent_sessions_slot_changed"),
+    ("agent_sessions", "agent_sessions_slot_released"),
 ];
 
 /// How many months past the current one must have an audit partition (§5.2).

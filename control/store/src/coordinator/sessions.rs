@@ -138,18 +138,32 @@ pub struct Slots {
     pub application: i64,
 }
 
-/// Counts the slots held in the transaction's zone, each count stopping at its cap (the
-/// limit it is compared with), so the cost stays bounded by the limits, not by the number of
-/// sessions.
+/// The slots held in the transaction's zone, as far as the start's rules need them (call it
+/// under [`lock_starts`]).
+///
+/// First the counters of `agent_session_slots`, with the zone's pending releases folded in:
+/// an upper bound of the exact counts, read in one statement whatever the number of
+/// sessions. When the bound already shows both counts below their caps (and, for a
+/// `single`-session application, no session at all), the exact counts cannot decide
+/// otherwise and the bound is returned. Only when it might, the sessions are counted by the
+/// liveness rule, each count stopping at its cap.
 pub async fn slots(
     conn: &mut PgConnection,
     application_id: &str,
     zone_cap: i64,
     application_cap: i64,
+    single: bool,
 ) -> Result<Slots, sqlx::Error> {
     const HOLDING: &str = "status IN ('active', 'suspended') \
         AND ((lifecycle = 'task' AND started_at + make_interval(secs => ttl_seconds) > now()) \
              OR (lifecycle = 'service' AND (status = 'suspended' OR heartbeat_deadline_at > now())))";
+    let bound = slot_bound(&mut *conn, application_id).await?;
+    let decided = bound.zone < zone_cap
+        && bound.application < application_cap
+        && !(single && bound.application > 0);
+    if decided {
+        return Ok(bound);
+    }
     let (zone, application): (i64, i64) = sqlx::query_as(&format!(
         "SELECT (SELECT count(*) FROM (SELECT 1 FROM agent_sessions WHERE {HOLDING} LIMIT $2) z), \
                 (SELECT count(*) FROM (SELECT 1 FROM agent_sessions \
@@ -158,6 +172,31 @@ pub async fn slots(
     .bind(application_id)
     .bind(zone_cap)
     .bind(application_cap)
+    .fetch_one(conn)
+    .await?;
+    Ok(Slots { zone, application })
+}
+
+/// Folds the zone's pending releases into its slot counters and returns the counters' sums
+/// (zone, application): the upper bound of [`slots`]. Only start transactions, one at a time
+/// per zone under its start lock, change the counters; releases committed after this
+/// statement began stay for the next start.
+async fn slot_bound(conn: &mut PgConnection, application_id: &str) -> Result<Slots, sqlx::Error> {
+    let (zone, application): (i64, i64) = sqlx::query_as(
+        "WITH released AS (
+            DELETE FROM agent_session_slot_releases RETURNING application_id
+         ), counted AS (
+            SELECT application_id, count(*) AS n FROM released GROUP BY application_id
+         ), lowered AS (
+            UPDATE agent_session_slots s SET held = greatest(s.held - c.n, 0)
+              FROM counted c WHERE s.application_id = c.application_id
+            RETURNING s.application_id, s.held
+         )
+         SELECT coalesce(sum(coalesce(l.held, s.held)), 0)::int8,
+                coalesce(sum(coalesce(l.held, s.held)) FILTER (WHERE s.application_id = $1), 0)::int8
+           FROM agent_session_slots s LEFT JOIN lowered l USING (application_id)",
+    )
+    .bind(application_id)
     .fetch_one(conn)
     .await?;
     Ok(Slots { zone, application })

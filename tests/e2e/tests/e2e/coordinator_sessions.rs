@@ -1103,6 +1103,75 @@ async fn capacity_counts_live_slots_zone_before_application() {
     stack.stop().await;
 }
 
+/// `(held, pending releases)` of an application's slot counter.
+async fn slot_counter(stack: &Stack, app: &str) -> (i64, i64) {
+    let mut p = stack.pg().await;
+    sqlx::query_as(
+        "SELECT (SELECT coalesce(sum(held), 0)::int8 FROM agent_session_slots
+                  WHERE zone_id = $1 AND application_id = $2),
+                (SELECT count(*) FROM agent_session_slot_releases
+                  WHERE zone_id = $1 AND application_id = $2)",
+    )
+    .bind(ZONE)
+    .bind(app)
+    .fetch_one(p.conn())
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn slot_counters_bound_the_live_count_and_fold_releases_at_the_next_start() {
+    let stack = Stack::start(NO_SWEEPS).await;
+    let a = stack.token(APP, REC);
+    let start_a = json!({"application_id": APP});
+    assert_eq!(slot_counter(&stack, APP).await, (0, 0));
+
+    let first = stack.started(&a, &start_a).await;
+    let second = stack.started(&a, &start_a).await;
+    assert_eq!(
+        slot_counter(&stack, APP).await,
+        (2, 0),
+        "each start takes a slot"
+    );
+
+    // A suspended session keeps its slot: no release.
+    let suspend = stack
+        .call(&a, "PATCH", &format!("{}/suspend", agent(&first)), None)
+        .await;
+    assert_eq!(json_of(&suspend), json!({"suspended": 1}));
+    assert_eq!(slot_counter(&stack, APP).await, (2, 0));
+
+    // Ending a session only records a release; the counter waits for the next start.
+    stack.terminate(&second).await;
+    assert_eq!(slot_counter(&stack, APP).await, (2, 1));
+    stack.started(&a, &start_a).await;
+    assert_eq!(
+        slot_counter(&stack, APP).await,
+        (2, 0),
+        "the next start folds the release in and takes its own slot"
+    );
+
+    // A session removed while holding a slot also releases it.
+    stack
+        .exec(&format!("DELETE FROM agent_sessions WHERE id = '{first}'"))
+        .await;
+    assert_eq!(slot_counter(&stack, APP).await, (2, 1));
+    stack.started(&a, &start_a).await;
+    assert_eq!(slot_counter(&stack, APP).await, (2, 0));
+    // The bound never falls below the sessions that hold slots.
+    let mut p = stack.pg().await;
+    let holding: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM agent_sessions
+          WHERE application_id = $1 AND status IN ('active', 'suspended')",
+    )
+    .bind(APP)
+    .fetch_one(p.conn())
+    .await
+    .unwrap();
+    assert_eq!(holding, 2);
+    stack.stop().await;
+}
+
 #[tokio::test]
 async fn concurrent_starts_fill_the_zone_exactly_and_share_one_idempotency_key() {
     let mut overrides = NO_SWEEPS.to_vec();

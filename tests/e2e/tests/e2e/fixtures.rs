@@ -39,6 +39,8 @@ INSERT INTO agent_sessions (id, zone_id, application_id, lifecycle, ttl_seconds)
 INSERT INTO agent_sessions (id, zone_id, application_id, parent_id, lifecycle, ttl_seconds, depth)
   VALUES ('{z}-ag2', '{z}', '{z}-app', '{z}-ag1', 'task', 60, 1);
 INSERT INTO agent_topology (zone_id, parent_id, child_id) VALUES ('{z}', '{z}-ag1', '{z}-ag2');
+INSERT INTO agent_sessions (id, zone_id, application_id, lifecycle, ttl_seconds) VALUES ('{z}-ag3', '{z}', '{z}-app', 'task', 60);
+UPDATE agent_sessions SET status = 'terminated', terminated_at = now() WHERE id = '{z}-ag3';
 INSERT INTO delegation_edges (id, zone_id, source_session_id, target_session_id, issuer_application_id,
                               receiver_application_id, expires_at)
   VALUES ('{z}-edge', '{z}', '{z}-ag1', '{z}-ag2', '{z}-app', '{z}-app', now() + interval '1 hour');
