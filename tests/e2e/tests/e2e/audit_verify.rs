@@ -836,11 +836,9 @@ async fn the_published_vectors_go_through_the_ledger_and_verify_from_rows_and_ex
         metrics: std::sync::Arc::new(Metrics::default()),
         lane: (0, 1),
     };
-    let mut redis = redis::Client::open("redis://127.0.0.1:6379/15")
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    // Dead letters go to a leased database, never to one a benchmark owns.
+    let lease = tests_harness::audit::RedisLease::acquire().await.unwrap();
+    let mut redis = lease.conn().await.unwrap();
     let (_stop, shutdown) = tokio::sync::watch::channel(false);
     let outcome = ledger
         .process(&mut redis, entries, &HashMap::new(), &shutdown)
