@@ -42,11 +42,8 @@ AS $$
 DECLARE
   writer_zone text := coalesce(current_setting('caracal.zone_id', true), '');
 BEGIN
-  IF TG_OP = 'DELETE' THEN
-    PERFORM set_config('caracal.zone_id', OLD.zone_id, true);
-    INSERT INTO agent_session_slot_releases (zone_id, application_id)
-    VALUES (OLD.zone_id, OLD.application_id);
-  ELSIF NEW.status IN ('active', 'suspended') THEN
+  -- NEW is null for a delete, so a deleted row takes the release branch.
+  IF TG_OP <> 'DELETE' AND NEW.status IN ('active', 'suspended') THEN
     PERFORM set_config('caracal.zone_id', NEW.zone_id, true);
     INSERT INTO agent_session_slots (zone_id, application_id, held)
     VALUES (NEW.zone_id, NEW.application_id, 1)
