@@ -427,8 +427,11 @@ fn scan(text: &[u8]) -> Result<(), InvalidEvent> {
     Ok(())
 }
 
-/// Whether the decimal value written as `literal` is exactly the value of the nearest
-/// double (compared through the shortest representation of that double).
+/// Whether the decimal value written as `literal` is the value of the nearest double's
+/// shortest round-trip spelling. When the double lies exactly halfway between two shortest
+/// spellings, writers break the tie differently (Rust's formatter and JCS's ECMAScript
+/// writer can disagree in the last digit), so the spelling of either passes; the canonical
+/// form and the stored `jsonb` text are always the one JCS writes.
 fn exact_in_double(literal: &str) -> bool {
     let Ok(value) = literal.parse::<f64>() else {
         return false;
@@ -436,10 +439,14 @@ fn exact_in_double(literal: &str) -> bool {
     if !value.is_finite() {
         return false;
     }
-    match (decimal(literal), decimal(&format!("{value:e}"))) {
-        (Some(written), Some(held)) => written == held,
-        _ => false,
-    }
+    let Some(written) = decimal(literal) else {
+        return false;
+    };
+    decimal(&format!("{value:e}")).is_some_and(|held| held == written)
+        || serde_json_canonicalizer::to_string(&value)
+            .ok()
+            .and_then(|jcs| decimal(&jcs))
+            .is_some_and(|held| held == written)
 }
 
 /// A decimal literal as (negative, significant digits, exponent of the last digit), with
@@ -619,6 +626,33 @@ mod tests {
         assert_eq!(
             canonical,
             r#"{"a":3.5,"b":100,"c":0,"d":9007199254740992,"e":0.1,"f":[[[]]]}"#
+        );
+    }
+
+    #[test]
+    fn a_double_halfway_between_two_shortest_spellings_accepts_both_and_stores_one() {
+        // 146167767586274.125 is a double: Rust writes it …13, ECMAScript writes …12.
+        let mut stored = Vec::new();
+        for literal in [
+            "146167767586274.12",
+            "146167767586274.13",
+            "1.4616776758627413e14",
+        ] {
+            let event = LedgerEvent::parse(
+                with(&format!(r#""metadata_json":{{"n":{literal}}}"#)).as_bytes(),
+            )
+            .unwrap();
+            let text = event.content().unwrap().metadata_json.unwrap();
+            // The sweep reads the stored text back under the same rules.
+            strict_json(text.as_bytes()).unwrap();
+            stored.push(text);
+        }
+        assert_eq!(stored[0], stored[1]);
+        assert_eq!(stored[1], stored[2]);
+        // One digit more than the shortest is still refused.
+        assert_eq!(
+            strict_json(b"146167767586274.125").unwrap_err(),
+            InvalidEvent::InexactNumber
         );
     }
 
