@@ -112,6 +112,8 @@ pub(crate) struct CallState {
     limiter: MemoryLimiter,
     credentials: Option<Arc<CredentialSet>>,
     until: Instant,
+    /// Epoch ticks the call has seen (see `new_store`).
+    ticks: u32,
 }
 
 impl WasiView for CallState {
@@ -319,13 +321,23 @@ impl PluginHost {
             },
             credentials,
             until,
+            ticks: 0,
         };
         let mut store = Store::new(self.engine(), state);
         store.limiter(|state| &mut state.limiter);
         store.set_epoch_deadline(1);
-        store.epoch_deadline_callback(|store| {
-            if Instant::now() >= store.data().until {
-                Ok(UpdateDeadline::Interrupt)
+        store.epoch_deadline_callback(|mut store| {
+            let state = store.data_mut();
+            if Instant::now() >= state.until {
+                return Ok(UpdateDeadline::Interrupt);
+            }
+            state.ticks = state.ticks.saturating_add(1);
+            // The first tick a call sees may fall anywhere in it, so a short call that
+            // happens to cross one runs on: yielding would queue it behind every ready task,
+            // and on a busy worker that wait alone could cost it its deadline. From the
+            // second tick on it has run for a whole tick period and yields at each tick.
+            if state.ticks < 2 {
+                Ok(UpdateDeadline::Continue(1))
             } else {
                 Ok(UpdateDeadline::Yield(1))
             }
