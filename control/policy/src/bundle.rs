@@ -194,9 +194,19 @@ pub enum BundleError {
 enum Evaluator {
     /// The no-binding fallback: deny without an engine call.
     DenyAll,
-    /// The contract over the materialized data, prepared once; cloned per evaluation.
-    Prepared(Box<Engine>),
+    /// The contract over the materialized data, prepared once; cloned per evaluation that
+    /// misses the bundle's decisions.
+    Prepared {
+        engine: Box<Engine>,
+        /// Decisions made, by [`PolicyInput::decision_key`]; filled on the request path,
+        /// bounded, and dropped with the bundle (a new policy version is a new bundle).
+        decisions: moka::sync::Cache<String, Decision>,
+    },
 }
+
+/// How many decisions a bundle remembers: distinct (caller, resource, labels, scopes,
+/// session) combinations in use at once, each entry a few hundred bytes.
+const DECISIONS_REMEMBERED: u64 = 8_192;
 
 /// A loaded policy-set version: the prepared contract over its materialized data, or the
 /// deny-all fallback. Build it once, share it as `Arc<Bundle>`.
@@ -256,7 +266,10 @@ impl Bundle {
                 contract_sha256: contract_sha256(),
             },
             data,
-            evaluator: Evaluator::Prepared(Box::new(engine)),
+            evaluator: Evaluator::Prepared {
+                engine: Box::new(engine),
+                decisions: moka::sync::Cache::new(DECISIONS_REMEMBERED),
+            },
         })
     }
 
@@ -278,15 +291,27 @@ impl Bundle {
     }
 
     /// Decides one request. A timeout, any regorus error or a result of the wrong shape is an
-    /// [`EvalError`], never an allow.
+    /// [`EvalError`], never an allow. A decision is remembered under
+    /// [`PolicyInput::decision_key`] and answered again for the same key without running the
+    /// contract; errors are not remembered.
     pub fn evaluate(&self, input: &PolicyInput) -> Result<Decision, EvalError> {
         match &self.evaluator {
             Evaluator::DenyAll => Ok(Decision::deny("no_active_policy_set")),
-            Evaluator::Prepared(engine) => {
-                let input = input
+            Evaluator::Prepared { engine, decisions } => {
+                let key = input
+                    .decision_key()
+                    .map_err(|source| EvalError::Input { source })?;
+                if let Some(decision) = decisions.get(&key) {
+                    return Ok(decision);
+                }
+                let value = input
                     .to_regorus_value()
                     .map_err(|source| EvalError::Input { source })?;
-                evaluate_prepared(engine, input)
+                // Only decisions are remembered: an engine error or a timeout is evaluated
+                // again next time.
+                let decision = evaluate_prepared(engine, value)?;
+                decisions.insert(key, decision.clone());
+                Ok(decision)
             }
         }
     }
@@ -296,7 +321,7 @@ impl Bundle {
     pub fn evaluate_json(&self, input: &Value) -> Result<Decision, EvalError> {
         match &self.evaluator {
             Evaluator::DenyAll => Ok(Decision::deny("no_active_policy_set")),
-            Evaluator::Prepared(engine) => {
+            Evaluator::Prepared { engine, .. } => {
                 evaluate_prepared(engine, to_regorus_value(input.clone())?)
             }
         }

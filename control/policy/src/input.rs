@@ -65,6 +65,62 @@ impl PolicyInput {
         serde_json::to_value(self)
     }
 
+    /// What of this input the decision contract reads, as a string: two inputs with the same
+    /// key get the same decision from one bundle. Adopter documents cannot read `input`
+    /// (§5.1), the bundle's data is materialized once, and the contract calls no time,
+    /// random or I/O built-in, so a bundle's decision is a function of exactly these paths:
+    /// `principal.{type,id,labels}`, `action.id`, `resource.identifier`, whether
+    /// `delegation_edge` is present with its `id` and `scopes`, whether
+    /// `context.subject_claims` is present with its `scope`, `target` and
+    /// `delegation_edge_id`, `context.requested_scopes` and `context.agent_session_id`.
+    /// Everything else (the claims' `jti`, `iat` and `exp`, `trace_id`, the action's method
+    /// and path, …) is left out, so fresh mandates of one caller share a key.
+    /// `contract::tests::the_decision_key_covers_every_input_path_the_contract_reads` fails
+    /// when the contract starts reading another path.
+    pub(crate) fn decision_key(&self) -> Result<String, serde_json::Error> {
+        /// The paths, borrowed; absent members serialise as `null`, which no present value
+        /// of the same path can (an absent `subject_claims` differs from present claims with
+        /// none of the three, whose entry is `[null,null,null]`).
+        #[derive(Serialize)]
+        struct Key<'a> {
+            principal: (PrincipalType, &'a str, &'a [String]),
+            action: ActionId,
+            resource: &'a str,
+            delegation_edge: Option<(&'a str, &'a [String])>,
+            subject_claims: Option<[Option<&'a Value>; 3]>,
+            requested_scopes: &'a [String],
+            agent_session_id: &'a str,
+        }
+        let claims = self
+            .context
+            .subject_claims
+            .as_ref()
+            .filter(|claims| !claims.is_empty())
+            .map(|claims| {
+                [
+                    claims.get("scope"),
+                    claims.get("target"),
+                    claims.get("delegation_edge_id"),
+                ]
+            });
+        serde_json::to_string(&Key {
+            principal: (
+                self.principal.principal_type,
+                &self.principal.id,
+                &self.principal.labels,
+            ),
+            action: self.action.id,
+            resource: &self.resource.identifier,
+            delegation_edge: self
+                .delegation_edge
+                .as_ref()
+                .map(|edge| (edge.id.as_str(), edge.scopes.as_slice())),
+            subject_claims: claims,
+            requested_scopes: &self.context.requested_scopes,
+            agent_session_id: &self.context.agent_session_id,
+        })
+    }
+
     /// The input as the regorus value the contract sees: equal to converting [`Self::to_json`],
     /// with the same omission rules, but built directly (the JSON detour cost about 4.6 µs per
     /// evaluation). `tests::the_direct_regorus_value_equals_the_serde_conversion` pins the

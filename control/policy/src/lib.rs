@@ -11,14 +11,15 @@
 //!   contract's data-derived values (its §5.2 second-line checks and lookup tables) evaluated
 //!   once and stored as `data.caracal.derived`.
 //! - [`Bundle::evaluate`] decides one [`PolicyInput`] (§5.3) under the configured time limit and
-//!   interprets the result document (§5.4, §5.5); [`Bundle::deny_all`] is the no-binding
-//!   fallback (§5.6).
+//!   interprets the result document (§5.4, §5.5), and remembers the decision under the part of
+//!   the input the contract reads (decision 0032), so fresh mandates of one caller are decided
+//!   once per bundle; [`Bundle::deny_all`] is the no-binding fallback (§5.6).
 //! - [`self_check`] is the start-up check every evaluating role runs before serving.
 //!
 //! What this crate must never do:
 //! - never compile Rego, parse adopter documents or add data on the request path: all of that
 //!   happens in [`Bundle::build`], off the path, and [`Bundle::evaluate`] only clones a prepared
-//!   engine;
+//!   engine (or answers a remembered decision);
 //! - never turn an engine failure, a timeout or a malformed result into an allow: each is an
 //!   [`EvalError`], which callers answer with 503 `policy_eval_failed`;
 //! - never let an adopter document read `input`, reach outside `data.caracal.authz.<root>`,

@@ -436,7 +436,7 @@ fn a_bundle_stores_the_derived_values_the_contract_computes_over_its_data() {
     ];
     for contents in fixtures {
         let bundle = build(&contents).unwrap();
-        let Evaluator::Prepared(engine) = &bundle.evaluator else {
+        let Evaluator::Prepared { engine, .. } = &bundle.evaluator else {
             panic!("a built bundle is prepared");
         };
         let stored = engine
@@ -476,7 +476,7 @@ fn the_zone_fixture_derives_tiers_and_declarations_per_scope() {
         include_str!("../../tests/fixtures/zone_risk.rego"),
     ])
     .unwrap();
-    let Evaluator::Prepared(engine) = &bundle.evaluator else {
+    let Evaluator::Prepared { engine, .. } = &bundle.evaluator else {
         panic!("a built bundle is prepared");
     };
     let stored = engine
@@ -507,5 +507,126 @@ fn the_zone_fixture_derives_tiers_and_declarations_per_scope() {
                 "crm:write": [{"approver": "subject", "privacy": "pseudonymous", "tier": "high", "ttl_seconds": 600}]
             }
         })
+    );
+}
+
+/// A gateway decision on a presented mandate, with the per-mandate claims as given.
+fn use_input(labels: &[&str], scope: &str, jti: &str, exp: i64) -> PolicyInput {
+    let claims = json!({
+        "sub": "user-1",
+        "scope": scope,
+        "target": ["resource://crm"],
+        "delegation_edge_id": "edge-1",
+        "jti": jti,
+        "iat": exp - 300,
+        "exp": exp,
+    });
+    let serde_json::Value::Object(claims) = claims else {
+        unreachable!("an object literal");
+    };
+    PolicyInput::new(
+        Principal::application("app-crm", "zone-1").with_agent_session(
+            "as-1",
+            "task",
+            labels.iter().copied(),
+        ),
+        Resource::new("res-1", "resource://crm", ["crm:read"]),
+        Action::gateway("GET", "/v1/contacts"),
+        Context::for_client("app-crm")
+            .with_subject_claims(claims)
+            .with_trace_id(jti)
+            .with_agent_session_id("as-1"),
+    )
+    .with_session("ar-1")
+}
+
+/// The contract evaluated without the bundle's remembered decisions.
+fn fresh(bundle: &Bundle, input: &PolicyInput) -> Decision {
+    let Evaluator::Prepared { engine, .. } = &bundle.evaluator else {
+        panic!("a prepared bundle");
+    };
+    evaluate_prepared(engine, input.to_regorus_value().unwrap()).unwrap()
+}
+
+#[test]
+fn a_remembered_decision_equals_a_fresh_evaluation_in_every_shape() {
+    let bundle = build(&[GRANTS_A]).unwrap();
+    let mut denied = mint_input(vec!["crm:read".into()]);
+    denied.principal.id = "app-other".into();
+    let workload = PolicyInput::new(
+        Principal::workload("wl-1", "zone-1"),
+        Resource::new("res-x", "resource://x", ["x:read"]),
+        Action::credential_injection(),
+        Context::for_client("wl-1").with_requested_scopes(["x:read"]),
+    );
+    let inputs = [
+        mint_input(vec!["crm:read".into()]),
+        mint_input(vec!["crm:write".into()]),
+        denied,
+        use_input(&["reader"], "crm:read", "j-1", 1_900_000_000),
+        use_input(&["reader"], "crm:read crm:write", "j-1", 1_900_000_000),
+        use_input(&[], "crm:read", "j-1", 1_900_000_000),
+        workload,
+    ];
+    let decided: Vec<Decision> = inputs.iter().map(|i| fresh(&bundle, i)).collect();
+    // Allows and several denials, so the comparison is not between equal answers.
+    assert!(decided[0].is_allow() && decided[3].is_allow());
+    assert!(decided.iter().filter(|d| !d.is_allow()).count() >= 3);
+    for _ in 0..2 {
+        for (input, expected) in inputs.iter().zip(&decided) {
+            assert_eq!(&bundle.evaluate(input).unwrap(), expected);
+        }
+    }
+}
+
+#[test]
+fn fresh_mandates_of_one_caller_share_a_decision_and_a_keyed_change_is_decided_again() {
+    let bundle = build(&[GRANTS_A]).unwrap();
+    let first = use_input(&["reader"], "crm:read", "j-1", 1_900_000_000);
+    // What the contract does not read: the claims' jti, iat and exp, the trace id, the
+    // method and path, the registration method, the lifecycle.
+    let mut other = use_input(&["reader"], "crm:read", "j-2", 1_900_000_600);
+    other.action = Action::gateway("POST", "/v1/elsewhere");
+    other.principal.registration_method = "dcr".into();
+    other.principal.lifecycle = "service".into();
+    assert_eq!(first.decision_key().unwrap(), other.decision_key().unwrap());
+    assert_eq!(fresh(&bundle, &first), fresh(&bundle, &other));
+    assert!(bundle.evaluate(&first).unwrap().is_allow());
+    assert!(bundle.evaluate(&other).unwrap().is_allow());
+    // A label, a scope or the claims' presence changes the key and the decision.
+    let unlabelled = use_input(&[], "crm:read", "j-3", 1_900_000_000);
+    let wider = use_input(&["reader"], "crm:read crm:admin", "j-4", 1_900_000_000);
+    let mut unclaimed = first.clone();
+    unclaimed.context.subject_claims = None;
+    for changed in [&unlabelled, &wider, &unclaimed] {
+        assert_ne!(
+            first.decision_key().unwrap(),
+            changed.decision_key().unwrap()
+        );
+        let decision = bundle.evaluate(changed).unwrap();
+        assert!(!decision.is_allow(), "{decision:?}");
+        assert_eq!(decision, fresh(&bundle, changed));
+    }
+    assert!(bundle.evaluate(&first).unwrap().is_allow());
+}
+
+#[test]
+fn present_claims_without_the_read_members_differ_from_absent_claims() {
+    let mut empty_of_read = use_input(&["reader"], "crm:read", "j-1", 1_900_000_000);
+    let mut only_sub = serde_json::Map::new();
+    only_sub.insert("sub".into(), json!("user-1"));
+    empty_of_read.context.subject_claims = Some(only_sub);
+    let mut absent = empty_of_read.clone();
+    absent.context.subject_claims = None;
+    let mut empty = empty_of_read.clone();
+    empty.context.subject_claims = Some(serde_json::Map::new());
+    assert_ne!(
+        empty_of_read.decision_key().unwrap(),
+        absent.decision_key().unwrap()
+    );
+    // `{}` is omitted from the input like `None`, and so keyed alike.
+    assert_eq!(
+        absent.decision_key().unwrap(),
+        empty.decision_key().unwrap()
     );
 }

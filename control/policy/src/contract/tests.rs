@@ -461,3 +461,69 @@ fn regorus_converts_a_number_index_to_a_string_key_only_on_data_references() {
         regorus::Value::Undefined
     );
 }
+
+/// `PolicyInput::decision_key` holds what the contract reads: every `input` path in the
+/// contract's code is either keyed whole or only tested for presence (`not P == P`), and the
+/// lists below match the key's documentation. A contract change that reads another path, binds
+/// `input` to a variable or indexes it dynamically fails here until the key covers it.
+#[test]
+fn the_decision_key_covers_every_input_path_the_contract_reads() {
+    const KEYED: &[&str] = &[
+        "input.principal.type",
+        "input.principal.id",
+        "input.principal.labels",
+        "input.action.id",
+        "input.resource.identifier",
+        "input.delegation_edge.id",
+        "input.delegation_edge.scopes",
+        "input.context.subject_claims.scope",
+        "input.context.subject_claims.target",
+        "input.context.subject_claims.delegation_edge_id",
+        "input.context.requested_scopes",
+        "input.context.agent_session_id",
+    ];
+    const PRESENCE: &[&str] = &["input.delegation_edge", "input.context.subject_claims"];
+    let mut code: String = CONTRACT_REGO
+        .lines()
+        .map(|line| line.split('#').next().unwrap_or(""))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let mut found = std::collections::BTreeSet::new();
+    for path in PRESENCE {
+        let check = format!("not {path} == {path}");
+        if code.contains(&check) {
+            found.insert((*path).to_owned());
+            code = code.replace(&check, "not presence_checked");
+        }
+    }
+    let bytes = code.as_bytes();
+    let word = |b: u8| b.is_ascii_alphanumeric() || b == b'_';
+    let mut from = 0;
+    while let Some(at) = code[from..].find("input") {
+        let start = from + at;
+        from = start + "input".len();
+        let joined = start > 0 && (word(bytes[start - 1]) || bytes[start - 1] == b'.');
+        if joined || bytes.get(from).copied().is_some_and(word) {
+            continue;
+        }
+        let mut end = from;
+        while bytes.get(end) == Some(&b'.') {
+            end += 1;
+            while bytes.get(end).copied().is_some_and(word) {
+                end += 1;
+            }
+        }
+        let path = &code[start..end];
+        assert!(
+            KEYED.contains(&path),
+            "the contract reads {path:?}, which the decision key does not hold"
+        );
+        found.insert(path.to_owned());
+    }
+    let expected: std::collections::BTreeSet<String> = KEYED
+        .iter()
+        .chain(PRESENCE)
+        .map(|p| (*p).to_owned())
+        .collect();
+    assert_eq!(found, expected);
+}
