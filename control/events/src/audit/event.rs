@@ -3,7 +3,7 @@
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use control_crypto::{HmacKey, hmac_sha256_hex, verify_hmac_sha256_hex};
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 /// Largest `data` the ledger accepts (`AUDIT_MAX_EVENT_BYTES`, §8.2). Larger
 /// events are shrunk at signing time (see [`AuditEvent::sign`]), so an event
@@ -184,7 +184,41 @@ impl AuditEvent {
     /// `YYYY-MM-DDTHH:MM:SS.ffffffZ`.
     #[must_use]
     pub fn to_data(&self) -> String {
-        self.to_value().to_string()
+        // Written straight from borrowed fields, the members in byte order of their names
+        // (the order a `serde_json::Map` of them would have).
+        #[derive(serde::Serialize)]
+        struct Wire<'a> {
+            decision: Option<&'a str>,
+            determining_policies_json: Option<&'a Value>,
+            diagnostics_json: Option<&'a Value>,
+            evaluation_status: Option<&'a str>,
+            event_type: &'a str,
+            id: &'a str,
+            manifest_sha: Option<&'a str>,
+            metadata_json: Option<&'a Value>,
+            occurred_at: String,
+            policy_set_id: Option<&'a str>,
+            policy_set_version_id: Option<&'a str>,
+            request_id: Option<&'a str>,
+            zone_id: &'a str,
+        }
+        let wire = Wire {
+            decision: self.decision.map(AuditDecision::as_str),
+            determining_policies_json: self.determining_policies_json.as_ref(),
+            diagnostics_json: self.diagnostics_json.as_ref(),
+            evaluation_status: self.evaluation_status.as_deref(),
+            event_type: &self.event_type,
+            id: &self.id,
+            manifest_sha: self.manifest_sha.as_deref(),
+            metadata_json: self.metadata_json.as_ref(),
+            occurred_at: format_occurred_at(self.occurred_at),
+            policy_set_id: self.policy_set_id.as_deref(),
+            policy_set_version_id: self.policy_set_version_id.as_deref(),
+            request_id: self.request_id.as_deref(),
+            zone_id: &self.zone_id,
+        };
+        // Strings, options and `Value`s (whose map keys are strings) always serialise.
+        serde_json::to_string(&wire).unwrap_or_default()
     }
 
     /// Serialises the event once and signs those exact bytes:
@@ -210,49 +244,6 @@ impl AuditEvent {
             data,
             sig,
         }
-    }
-
-    fn to_value(&self) -> Value {
-        fn text(value: Option<&String>) -> Value {
-            value.map_or(Value::Null, |v| Value::String(v.clone()))
-        }
-        fn json(value: Option<&Value>) -> Value {
-            value.cloned().unwrap_or(Value::Null)
-        }
-        let mut object = Map::new();
-        object.insert("id".into(), Value::String(self.id.clone()));
-        object.insert("zone_id".into(), Value::String(self.zone_id.clone()));
-        object.insert("event_type".into(), Value::String(self.event_type.clone()));
-        object.insert("request_id".into(), text(self.request_id.as_ref()));
-        object.insert(
-            "decision".into(),
-            self.decision
-                .map_or(Value::Null, |d| Value::String(d.as_str().to_owned())),
-        );
-        object.insert("policy_set_id".into(), text(self.policy_set_id.as_ref()));
-        object.insert(
-            "policy_set_version_id".into(),
-            text(self.policy_set_version_id.as_ref()),
-        );
-        object.insert("manifest_sha".into(), text(self.manifest_sha.as_ref()));
-        object.insert(
-            "evaluation_status".into(),
-            text(self.evaluation_status.as_ref()),
-        );
-        object.insert(
-            "determining_policies_json".into(),
-            json(self.determining_policies_json.as_ref()),
-        );
-        object.insert(
-            "diagnostics_json".into(),
-            json(self.diagnostics_json.as_ref()),
-        );
-        object.insert("metadata_json".into(), json(self.metadata_json.as_ref()));
-        object.insert(
-            "occurred_at".into(),
-            Value::String(format_occurred_at(self.occurred_at)),
-        );
-        Value::Object(object)
     }
 
     /// A copy small enough for [`MAX_EVENT_DATA_BYTES`].
@@ -373,7 +364,10 @@ mod tests {
             .decision(AuditDecision::Deny)
             .metadata_json(json!({"status": 403}))
             .occurred_at(at);
-        let data: Value = serde_json::from_str(&event.to_data()).unwrap();
+        let text = event.to_data();
+        let data: Value = serde_json::from_str(&text).unwrap();
+        // Compact, members in byte order of their names: the bytes a `Map` writes.
+        assert_eq!(text, data.to_string());
         let object = data.as_object().unwrap();
         assert_eq!(object.len(), 13);
         assert_eq!(object["id"], event.id());
