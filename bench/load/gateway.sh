@@ -23,7 +23,10 @@
 # pinned), WHOLE_LOAD_THREADS (0: current-thread load generator in that phase too),
 # SKIP_BUILD (0), FOREIGN_MAX (0.1, see gateway_report), PERF (0; 1 records a flat `perf`
 # profile of the gateway during the pinned governed warm-up and adds its top symbols to the
-# report), SMOKE (0; 1 labels the report "smoke, not a measurement"), OUT.
+# report), PERF_CALLGRAPH (0; 1 records call chains too, unwound with DWARF, and keeps the
+# profile as OUT with `.perf.data` for `perf report -g`), PERF_TARGET (governed; the series
+# whose warm-up is profiled, e.g. governed+plugin), SMOKE (0; 1 labels the report
+# "smoke, not a measurement"), OUT.
 #
 # Everything it starts is stopped and the database dropped on exit, failure included; the
 # CPU affinity of Postgres and Redis is restored. Traffic stays on 127.0.0.1.
@@ -57,6 +60,8 @@ SKIP_BUILD=${SKIP_BUILD:-0}
 FOREIGN_MAX=${FOREIGN_MAX:-0.1}
 SMOKE=${SMOKE:-0}
 PERF=${PERF:-0}
+PERF_CALLGRAPH=${PERF_CALLGRAPH:-0}
+PERF_TARGET=${PERF_TARGET:-governed}
 ADMIN_URL=${CARACAL_BENCH_ADMIN_URL:-postgres://postgres@127.0.0.1:5432/postgres}
 DATE=$(date +%F)
 if [[ $SMOKE == 1 ]]; then
@@ -380,17 +385,20 @@ load() {
   echo "$label #$round | $(cut -d' ' -f1-3 /proc/loadavg)" >>"$LOADS"
   local line profile=0
   # The profile is taken in the warm-up, so no reported run carries perf's overhead.
-  if [[ $PERF == 1 && $label == "warmup governed pinned" ]]; then
+  if [[ $PERF == 1 && $label == "warmup $PERF_TARGET pinned" ]]; then
     profile=1
-    perf record -q -e cpu-clock -F 999 -o "$WORK/perf.data" -p "$GW_PID" 2>>"$WORK/perf.log" &
+    local graph=()
+    [[ $PERF_CALLGRAPH == 1 ]] && graph=(--call-graph dwarf,16384)
+    perf record -q -e cpu-clock -F 999 "${graph[@]}" -o "$WORK/perf.data" -p "$GW_PID" 2>>"$WORK/perf.log" &
     PERF_PID=$!
     sleep 0.5
   fi
   line=$($prefix "${cmd[@]}")
   if [[ $profile == 1 ]]; then
     stop_perf
-    perf report -i "$WORK/perf.data" --no-children --sort dso,symbol --stdio --percent-limit 0.7 2>/dev/null \
+    perf report -i "$WORK/perf.data" --no-children -g none --sort dso,symbol --stdio --percent-limit 0.7 2>/dev/null \
       | grep -v '^#' | grep -v '^$' | sed -E 's/[[:space:]]+(-[[:space:]]+)*$//' | head -n 45 >"$WORK/perf.txt" || true
+    [[ $PERF_CALLGRAPH == 1 ]] && cp "$WORK/perf.data" "$OUT.perf.data"
   fi
   echo "$line" >>"$RESULTS"
   log "$(jq -rc '[.label, .round, .throughput, .latency_us.p50, .latency_us.p99, .errors, .foreign_util, .steal_util] | @tsv' <<<"$line" 2>/dev/null || echo "$line")"
@@ -580,7 +588,7 @@ mkdir -p "$(dirname "$OUT")"
     echo
   fi
   if [[ -s $WORK/perf.txt ]]; then
-    echo "Where the gateway's CPU went during the pinned governed warm-up (closed loop, $WARMUP s) (\`perf record -e cpu-clock -F 999 -p <gateway>\`, flat, symbols above 0.7 %):"
+    echo "Where the gateway's CPU went during the pinned $PERF_TARGET warm-up (closed loop, $WARMUP s) (\`perf record -e cpu-clock -F 999 -p <gateway>\`, flat, symbols above 0.7 %):"
     echo
     echo '```'
     cat "$WORK/perf.txt"
