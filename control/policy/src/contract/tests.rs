@@ -465,7 +465,8 @@ fn regorus_converts_a_number_index_to_a_string_key_only_on_data_references() {
 /// `PolicyInput::decision_key` holds what the contract reads: every `input` path in the
 /// contract's code is either keyed whole or only tested for presence (`not P == P`), and the
 /// lists below match the key's documentation. A contract change that reads another path, binds
-/// `input` to a variable or indexes it dynamically fails here until the key covers it.
+/// `input` to a variable or indexes it dynamically fails here until the key covers it, and so
+/// does one that calls a clock, random, runtime or network built-in.
 #[test]
 fn the_decision_key_covers_every_input_path_the_contract_reads() {
     const KEYED: &[&str] = &[
@@ -519,6 +520,21 @@ fn the_decision_key_covers_every_input_path_the_contract_reads() {
             "the contract reads {path:?}, which the decision key does not hold"
         );
         found.insert(path.to_owned());
+    }
+    // Nor may the contract's answer depend on anything but input and data: the clock,
+    // randomness, the runtime or the network.
+    for builtin in [
+        "time.",
+        "rand.",
+        "uuid.",
+        "http.send",
+        "opa.runtime",
+        "net.",
+    ] {
+        assert!(
+            !code.contains(builtin),
+            "the contract calls {builtin}…, so its decisions cannot be remembered"
+        );
     }
     let expected: std::collections::BTreeSet<String> = KEYED
         .iter()
