@@ -78,16 +78,17 @@ impl PolicyInput {
     /// `contract::tests::the_decision_key_covers_every_input_path_the_contract_reads` fails
     /// when the contract starts reading another path.
     pub(crate) fn decision_key(&self) -> Result<String, serde_json::Error> {
-        /// The paths, borrowed; absent members serialise as `null`, which no present value
-        /// of the same path can (an absent `subject_claims` differs from present claims with
-        /// none of the three, whose entry is `[null,null,null]`).
+        /// The paths, borrowed. An absent `delegation_edge` or `subject_claims` serialises as
+        /// `null`, which neither can be when present; a claim serialises as `[]` when absent
+        /// and `[value]` when present, so a claim whose value is `null` (defined in Rego)
+        /// keys apart from a missing one (undefined).
         #[derive(Serialize)]
         struct Key<'a> {
             principal: (PrincipalType, &'a str, &'a [String]),
             action: ActionId,
             resource: &'a str,
             delegation_edge: Option<(&'a str, &'a [String])>,
-            subject_claims: Option<[Option<&'a Value>; 3]>,
+            subject_claims: Option<[&'a [Value]; 3]>,
             requested_scopes: &'a [String],
             agent_session_id: &'a str,
         }
@@ -97,11 +98,8 @@ impl PolicyInput {
             .as_ref()
             .filter(|claims| !claims.is_empty())
             .map(|claims| {
-                [
-                    claims.get("scope"),
-                    claims.get("target"),
-                    claims.get("delegation_edge_id"),
-                ]
+                ["scope", "target", "delegation_edge_id"]
+                    .map(|name| claims.get(name).map_or(&[][..], std::slice::from_ref))
             });
         serde_json::to_string(&Key {
             principal: (

@@ -624,6 +624,15 @@ fn present_claims_without_the_read_members_differ_from_absent_claims() {
         empty_of_read.decision_key().unwrap(),
         absent.decision_key().unwrap()
     );
+    // A claim present with the value `null` is defined in Rego, a missing one is not.
+    let mut null_target = empty_of_read.clone();
+    if let Some(claims) = null_target.context.subject_claims.as_mut() {
+        claims.insert("target".into(), serde_json::Value::Null);
+    }
+    assert_ne!(
+        empty_of_read.decision_key().unwrap(),
+        null_target.decision_key().unwrap()
+    );
     // `{}` is omitted from the input like `None`, and so keyed alike.
     assert_eq!(
         absent.decision_key().unwrap(),
