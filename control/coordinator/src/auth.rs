@@ -13,6 +13,13 @@
 //! | path zone ≠ token zone | 403 `zone_mismatch` |
 //! | application archived or expired, or the `sid` record not active | 401 `identity_revoked` |
 //! | over the per-client rate | 429 `rate_limited` with `Retry-After` |
+//!
+//! The last two rows read the database. Most routes run them in a read of their own before
+//! the route starts ([`IdentityCheck::Now`]); a route that opens a zone transaction anyway
+//! may run them as the first statement of that transaction instead ([`IdentityCheck::InRoute`],
+//! decision 0033), saving the separate read's round trips. Such a route receives a
+//! [`Caller::Unconfirmed`], which holds nothing until [`confirm`] judges the rows the route
+//! read for it and turns it into an agent.
 
 use std::sync::{
     Arc,
@@ -22,7 +29,8 @@ use std::sync::{
 use chrono::{DateTime, Utc};
 use control_crypto::{UnverifiedJwt, ct_eq};
 use control_model::ZoneId;
-use control_store::{applications, delegation, zone::zone_snapshot};
+use control_model::authority::RecordView;
+use control_store::{applications::ApplicationAsOf, delegation, zone::zone_snapshot};
 use http::{HeaderMap, header};
 use serde_json::{Map, Value};
 
@@ -62,6 +70,30 @@ pub enum Caller {
     Operator,
     /// A session mandate.
     Agent(Agent),
+    /// A verified session mandate whose application and authority record the route has not
+    /// read yet ([`IdentityCheck::InRoute`]). It holds no scope and owns nothing: the route
+    /// gets a [`Caller::Agent`] from [`confirm`] before it acts.
+    Unconfirmed(Agent),
+}
+
+/// Where the identity rows of §7.1 (application usable, authority record live) and the
+/// per-client rate are checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdentityCheck {
+    /// Before the route runs, in a read of its own.
+    Now,
+    /// By the route, first thing in its own transaction ([`confirm`]).
+    InRoute,
+}
+
+/// The rows an identity check read: the caller's application (with the reading
+/// transaction's `now()`) and its authority record.
+#[derive(Debug, Clone)]
+pub struct IdentityRows {
+    /// The application named by `client_id`.
+    pub application: Option<ApplicationAsOf>,
+    /// The authority record named by `sid`.
+    pub record: Option<RecordView>,
 }
 
 impl Caller {
@@ -70,6 +102,7 @@ impl Caller {
         match self {
             Caller::Operator => scope == ADMIN_SCOPE,
             Caller::Agent(agent) => agent.scopes.iter().any(|s| s == scope),
+            Caller::Unconfirmed(_) => false,
         }
     }
 
@@ -81,7 +114,7 @@ impl Caller {
     /// The calling application, for an agent.
     pub fn client_id(&self) -> Option<&str> {
         match self {
-            Caller::Operator => None,
+            Caller::Operator | Caller::Unconfirmed(_) => None,
             Caller::Agent(agent) => Some(&agent.client_id),
         }
     }
@@ -102,6 +135,7 @@ impl Caller {
         match self {
             Caller::Operator => "operator".to_owned(),
             Caller::Agent(agent) => format!("application:{}", agent.client_id),
+            Caller::Unconfirmed(_) => "unconfirmed".to_owned(),
         }
     }
 }
@@ -126,7 +160,9 @@ fn bearer(headers: &HeaderMap) -> Result<&str, Problem> {
 }
 
 /// Authenticates a request on `zone` (the path's). `operator_allowed` is whether the route
-/// is one the operator token may call.
+/// is one the operator token may call; `identity` where the route wants the identity rows
+/// and the rate checked (an agent comes back [`Caller::Unconfirmed`] for
+/// [`IdentityCheck::InRoute`]).
 ///
 /// # Errors
 ///
@@ -137,6 +173,7 @@ pub async fn authenticate(
     headers: &HeaderMap,
     zone: &str,
     operator_allowed: bool,
+    identity: IdentityCheck,
 ) -> Result<Caller, CoordError> {
     let token = bearer(headers)?;
     if operator_allowed
@@ -153,9 +190,43 @@ pub async fn authenticate(
     if agent.zone_id != zone {
         return Err(refuse(403, "zone_mismatch").into());
     }
-    check_identity(co, &agent).await?;
+    match identity {
+        IdentityCheck::InRoute => Ok(Caller::Unconfirmed(agent)),
+        IdentityCheck::Now => {
+            check_identity(co, &agent).await?;
+            check_rate(co, &agent.client_id).await?;
+            Ok(Caller::Agent(agent))
+        }
+    }
+}
+
+/// The agent a route with [`IdentityCheck::InRoute`] must confirm: the caller, when it is
+/// [`Caller::Unconfirmed`].
+pub fn awaiting_confirmation(caller: &Caller) -> Option<&Agent> {
+    match caller {
+        Caller::Unconfirmed(agent) => Some(agent),
+        Caller::Operator | Caller::Agent(_) => None,
+    }
+}
+
+/// The route's half of [`IdentityCheck::InRoute`]: judges the identity `rows` the route read
+/// for [`awaiting_confirmation`]'s agent in its own transaction, checks the rate, and
+/// returns the confirmed agent. Any other caller comes back as it is.
+///
+/// # Errors
+///
+/// 401 `identity_revoked`, 429 `rate_limited`.
+pub async fn confirm(
+    co: &Coordinator,
+    caller: &Caller,
+    rows: &IdentityRows,
+) -> Result<Caller, CoordError> {
+    let Caller::Unconfirmed(agent) = caller else {
+        return Ok(caller.clone());
+    };
+    judge_identity(agent, rows)?;
     check_rate(co, &agent.client_id).await?;
-    Ok(Caller::Agent(agent))
+    Ok(Caller::Agent(agent.clone()))
 }
 
 /// Verifies a session mandate: signature under the zone's key, then the claims.
@@ -214,18 +285,35 @@ async fn check_identity(co: &Coordinator, agent: &Agent) -> Result<(), CoordErro
     let zone = ZoneId::parse(&agent.zone_id)
         .map_err(|_bad| CoordError::Internal("verified zone id does not parse".into()))?;
     let mut tx = zone_snapshot(&co.pool, &zone).await?;
-    let application = applications::find_as_of(&mut tx, &agent.client_id).await?;
-    let record = delegation::record(&mut tx, &agent.sid).await?;
+    let rows = read_identity(&mut tx, agent).await?;
     tx.commit().await?;
-    let live = application.as_ref().is_some_and(|a| a.row.is_usable(a.now))
-        && match (record, &application) {
-            (Some(record), Some(a)) => record.is_live(&agent.zone_id, a.now),
-            _ => false,
-        };
+    Ok(judge_identity(agent, &rows)?)
+}
+
+/// The agent's application and authority record, in one round trip.
+async fn read_identity(
+    conn: &mut sqlx::PgConnection,
+    agent: &Agent,
+) -> Result<IdentityRows, CoordError> {
+    let (application, record) =
+        delegation::application_and_record(conn, &agent.client_id, &agent.sid).await?;
+    Ok(IdentityRows {
+        application,
+        record,
+    })
+}
+
+/// 401 `identity_revoked` unless the application is usable and the record live, judged by
+/// the reading transaction's `now()`.
+fn judge_identity(agent: &Agent, rows: &IdentityRows) -> Result<(), Problem> {
+    let live = match (&rows.application, &rows.record) {
+        (Some(a), Some(record)) => a.row.is_usable(a.now) && record.is_live(&agent.zone_id, a.now),
+        _ => false,
+    };
     if live {
         Ok(())
     } else {
-        Err(refuse(401, "identity_revoked").into())
+        Err(refuse(401, "identity_revoked"))
     }
 }
 
@@ -285,6 +373,18 @@ mod tests {
         assert!(!caller.is_admin());
         assert!(Caller::Operator.is_admin());
         assert!(Caller::Operator.owns("anything"));
+    }
+
+    #[test]
+    fn an_unconfirmed_agent_holds_and_owns_nothing() {
+        let mut agent = agent_from_claims(&claims(json!({})), ISSUER, "z1", Utc::now()).unwrap();
+        agent.scopes.push(ADMIN_SCOPE.to_owned());
+        let caller = Caller::Unconfirmed(agent);
+        assert!(!caller.holds(LIFECYCLE_SCOPE));
+        assert!(!caller.is_admin());
+        assert!(!caller.owns("app-1"));
+        assert!(!caller.owns_or_holds("app-2", "coordinator.spawn_for:"));
+        assert_eq!(caller.client_id(), None);
     }
 
     #[test]

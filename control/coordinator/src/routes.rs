@@ -5,6 +5,8 @@
 
 use http::Method;
 
+use crate::auth::IdentityCheck;
+
 /// The operations.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Op {
@@ -66,6 +68,18 @@ pub enum Op {
     Complete,
     /// `POST /zones/{z}/invocations/{id}/cancel`.
     Cancel,
+}
+
+impl Op {
+    /// Where the caller's identity rows and rate are checked (decision 0033). The session
+    /// start, the hot write, confirms them as the first read of its own transaction; every
+    /// other route has them checked before it runs.
+    pub fn identity_check(self) -> IdentityCheck {
+        match self {
+            Op::Start => IdentityCheck::InRoute,
+            _ => IdentityCheck::Now,
+        }
+    }
 }
 
 /// One route.

@@ -85,7 +85,14 @@ async fn zones(
         Found::Missing => return Err(Problem::new(404, "not_found", "no such route").into()),
     };
     let zone_param = params.first().copied().unwrap_or_default();
-    let caller = auth::authenticate(co, req.headers(), zone_param, route.operator).await?;
+    let caller = auth::authenticate(
+        co,
+        req.headers(),
+        zone_param,
+        route.operator,
+        route.op.identity_check(),
+    )
+    .await?;
     // An operator names any zone; a malformed one has no rows.
     let zone = ZoneId::parse(zone_param).map_err(|_bad| refuse(404, "zone_not_found"))?;
     let idempotency = idempotency::from_headers(req.headers())?;

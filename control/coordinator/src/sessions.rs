@@ -27,7 +27,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::{
-    auth::Caller,
+    auth::{self, Caller, IdentityRows},
     delegations,
     error::{CoordError, Problem, refuse},
     idempotency::{self, Idempotent},
@@ -157,38 +157,64 @@ fn checked_start(body: StartBody) -> Result<Start, Problem> {
     })
 }
 
-/// `POST /zones/{z}/agents`: the rules of authority §2.1, in order.
+/// `POST /zones/{z}/agents`: the rules of authority §2.1, in order. The caller's identity
+/// rows and rate are confirmed first, in this route's transaction (decision 0033).
 pub async fn start(co: &Coordinator, req: &CoordRequest) -> Result<Reply, CoordError> {
-    let (body, raw): (StartBody, _) = req.json_and_value()?;
-    let start = checked_start(body)?;
-    let Caller::Agent(agent) = &req.caller else {
+    let Some(unconfirmed) = auth::awaiting_confirmation(&req.caller) else {
         return Err(CoordError::Internal(
-            "session start reached by the operator".into(),
+            "session start reached without an unconfirmed session mandate".into(),
         ));
     };
+    let zone = req.zone.as_str();
+    // The body is read now and its refusals given after the identity's, which come first.
+    let checked = req
+        .json_and_value::<StartBody>()
+        .and_then(|(body, raw)| Ok((checked_start(body)?, raw)));
+    let started_application = checked
+        .as_ref()
+        .map_or(unconfirmed.client_id.as_str(), |(start, _)| {
+            start.application_id.as_str()
+        });
+    // 4. One start at a time per zone: the transaction begins holding the zone's start lock;
+    //    the idempotency lookup (3) runs under it so two first uses of one key cannot both
+    //    create. Its first read brings the caller's identity rows and the slot bound of
+    //    step 7 in one round trip; each is judged in the rules' order below.
+    let mut tx = sessions::begin_start(&co.pool, &req.zone).await?;
+    let reads = sessions::start_reads(
+        &mut tx,
+        &unconfirmed.client_id,
+        &unconfirmed.sid,
+        started_application,
+    )
+    .await?;
+    let identity = IdentityRows {
+        application: reads.application,
+        record: reads.record,
+    };
+    let caller = auth::confirm(co, &req.caller, &identity).await?;
+    let Caller::Agent(agent) = &caller else {
+        return Err(CoordError::Internal(
+            "a confirmed session mandate is not an agent".into(),
+        ));
+    };
+    let (start, raw) = checked?;
     // 1. The subject authority record.
     let subject = start.subject.clone().unwrap_or_else(|| agent.sid.clone());
     if subject.is_empty() {
         return Err(refuse(400, "subject_session_id_required").into());
     }
     // 2. Ownership of the application.
-    if !req
-        .caller
-        .owns_or_holds(&start.application_id, "coordinator.spawn_for:")
-    {
+    if !caller.owns_or_holds(&start.application_id, "coordinator.spawn_for:") {
         return Err(refuse(403, "application_ownership_required").into());
     }
-    let zone = req.zone.as_str();
-    let actor = req.caller.actor();
-    let mut tx = zone_tx(&co.pool, &req.zone).await?;
-    // The rows of steps 5 and 6 are read before the zone's lock, so the lock is held only
-    // for what must be serialised (capacity, the parent, the insert); they are judged in
-    // the rules' order below.
-    let application = applications::find_as_of(&mut tx, &start.application_id).await?;
-    let record = delegation::record(&mut tx, &subject).await?;
-    // 4. One start at a time per zone; the idempotency lookup (3) runs under the lock so
-    //    two first uses of one key cannot both create.
-    sessions::lock_starts(&mut tx, zone).await?;
+    let actor = caller.actor();
+    // An agent starting a session of its own application on its own record (the usual
+    // start) has had both rows read already.
+    let (application, record) = if start.application_id == agent.client_id && subject == agent.sid {
+        (identity.application, identity.record)
+    } else {
+        delegation::application_and_record(&mut tx, &start.application_id, &subject).await?
+    };
     let idempotent = req
         .idempotency
         .as_ref()
@@ -219,6 +245,7 @@ pub async fn start(co: &Coordinator, req: &CoordRequest) -> Result<Reply, CoordE
     let limits = co.config.limits;
     let slots = sessions::slots(
         &mut tx,
+        reads.bound,
         &start.application_id,
         limits.per_zone,
         limits.per_app,
@@ -237,7 +264,7 @@ pub async fn start(co: &Coordinator, req: &CoordRequest) -> Result<Reply, CoordE
     // 8. The parent.
     let parent = match &start.parent_id {
         None => None,
-        Some(parent_id) => Some(check_parent(&mut tx, &req.caller, parent_id, &start).await?),
+        Some(parent_id) => Some(check_parent(&mut tx, &caller, parent_id, &start).await?),
     };
     // 9. Insert.
     let id = uuid::Uuid::now_v7().to_string();

@@ -6,6 +6,8 @@ use chrono::{DateTime, Utc};
 use control_model::authority::{AgentSessionView, EdgeView, MAX_HOPS, RecordView};
 use sqlx::{PgConnection, Row, postgres::PgRow};
 
+use crate::applications::{ApplicationAsOf, ApplicationRow};
+
 /// The edge `id` and its ancestors through `parent_edge_id` (at most `MAX_HOPS + 1`).
 pub async fn edge_lineage(conn: &mut PgConnection, id: &str) -> Result<Vec<EdgeView>, sqlx::Error> {
     let rows = sqlx::query(
@@ -113,6 +115,73 @@ pub async fn record(conn: &mut PgConnection, id: &str) -> Result<Option<RecordVi
         })
     })
     .transpose()
+}
+
+/// The columns of [`application_and_record`]: `a` the application, `r` the record.
+pub(crate) const IDENTITY_COLUMNS: &str = "a.id AS a_id, a.zone_id AS a_zone_id, a.name, \
+     a.registration_method, a.client_secret_hash, a.traits, a.expires_at AS a_expires_at, \
+     a.archived_at, r.id AS r_id, r.zone_id AS r_zone_id, r.session_type, r.subject_id, \
+     r.status, r.expires_at AS r_expires_at, now() AS now";
+
+/// The joins of [`application_and_record`] onto a one-row `FROM` item: `$1` the
+/// application, `$2` the record.
+pub(crate) const IDENTITY_JOINS: &str =
+    "LEFT JOIN applications a ON a.id = $1 LEFT JOIN sessions r ON r.id = $2";
+
+/// An application (with the transaction's `now()`) and an authority record, each read by
+/// id in one round trip: the pair a Coordinator identity check and a session start judge.
+///
+/// # Errors
+///
+/// Database errors.
+pub async fn application_and_record(
+    conn: &mut PgConnection,
+    application_id: &str,
+    record_id: &str,
+) -> Result<(Option<ApplicationAsOf>, Option<RecordView>), sqlx::Error> {
+    let row = sqlx::query(&format!(
+        "SELECT {IDENTITY_COLUMNS} FROM (VALUES (1)) AS one (n) {IDENTITY_JOINS}"
+    ))
+    .bind(application_id)
+    .bind(record_id)
+    .fetch_one(conn)
+    .await?;
+    identity_pair(&row)
+}
+
+/// The application and record of a row selected with [`IDENTITY_COLUMNS`].
+pub(crate) fn identity_pair(
+    row: &PgRow,
+) -> Result<(Option<ApplicationAsOf>, Option<RecordView>), sqlx::Error> {
+    let now: DateTime<Utc> = row.try_get("now")?;
+    let application = match row.try_get::<Option<String>, _>("a_id")? {
+        None => None,
+        Some(id) => Some(ApplicationAsOf {
+            row: ApplicationRow {
+                id,
+                zone_id: row.try_get("a_zone_id")?,
+                name: row.try_get("name")?,
+                registration_method: row.try_get("registration_method")?,
+                client_secret_hash: row.try_get("client_secret_hash")?,
+                traits: row.try_get("traits")?,
+                expires_at: row.try_get("a_expires_at")?,
+                archived_at: row.try_get("archived_at")?,
+            },
+            now,
+        }),
+    };
+    let record = match row.try_get::<Option<String>, _>("r_id")? {
+        None => None,
+        Some(id) => Some(RecordView {
+            id,
+            zone_id: row.try_get("r_zone_id")?,
+            session_type: row.try_get("session_type")?,
+            subject_id: row.try_get("subject_id")?,
+            status: row.try_get("status")?,
+            expires_at: row.try_get("r_expires_at")?,
+        }),
+    };
+    Ok((application, record))
 }
 
 /// The zone's graph epoch (0 before the first edge).

@@ -2,10 +2,20 @@
 //! suspend and resume of a subtree.
 
 use chrono::{DateTime, Utc};
-use control_model::page::{After, Keyed, Page, PageRequest, bounds};
-use sqlx::PgConnection;
+use control_model::ZoneId;
+use control_model::{
+    authority::RecordView,
+    page::{After, Keyed, Page, PageRequest, bounds},
+};
+use sqlx::{PgConnection, PgPool, Row};
 
-use crate::cascade::{ChangedSession, MAX_DEPTH, changed_sessions};
+use crate::{
+    StoreError,
+    applications::ApplicationAsOf,
+    cascade::{ChangedSession, MAX_DEPTH, changed_sessions},
+    delegation::{self, IDENTITY_COLUMNS, IDENTITY_JOINS},
+    zone::{ZoneTx, zone_tx_with},
+};
 
 /// An agent session row.
 #[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
@@ -115,16 +125,81 @@ pub async fn lock(
     .await
 }
 
-/// Serialises session starts in a zone (authority §2.1 step 4:
-/// `coordinator:session_start:<zone>`, transaction scoped).
-pub async fn lock_starts(conn: &mut PgConnection, zone: &str) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "SELECT pg_advisory_xact_lock(hashtextextended('coordinator:session_start:' || $1, 0))",
-    )
-    .bind(zone)
-    .execute(conn)
+/// The statement that serialises session starts in the transaction's zone (authority §2.1
+/// step 4: `coordinator:session_start:<zone>`, transaction scoped).
+const START_LOCK: &str = "SELECT pg_advisory_xact_lock(\
+     hashtextextended('coordinator:session_start:' || current_setting('caracal.zone_id'), 0))";
+
+/// Begins a session start's transaction in `zone` holding the zone's start lock, in one
+/// round trip: every statement after it reads under the lock.
+///
+/// # Errors
+///
+/// Database errors; a malformed zone id.
+pub async fn begin_start(pool: &PgPool, zone: &ZoneId) -> Result<ZoneTx, StoreError> {
+    zone_tx_with(pool, zone, START_LOCK).await
+}
+
+/// What a session start reads first under its lock, in one round trip.
+#[derive(Debug, Clone)]
+pub struct StartReads {
+    /// The caller's application, with the transaction's `now()`.
+    pub application: Option<ApplicationAsOf>,
+    /// The caller's authority record.
+    pub record: Option<RecordView>,
+    /// The slot bound of [`slots`] for the started application.
+    pub bound: Slots,
+}
+
+/// Under [`begin_start`]'s lock: the caller's application and authority record (as
+/// [`delegation::application_and_record`] reads them) and the zone's slot bound for
+/// `application_id` (the started application): the zone's pending releases are folded into
+/// its slot counters and the counters summed, an upper bound of the exact counts read in one
+/// statement whatever the number of sessions. Only start transactions, one at a time per
+/// zone under its start lock, change the counters; releases committed after this statement
+/// began stay for the next start.
+///
+/// # Errors
+///
+/// Database errors.
+pub async fn start_reads(
+    conn: &mut PgConnection,
+    caller_application: &str,
+    caller_record: &str,
+    application_id: &str,
+) -> Result<StartReads, sqlx::Error> {
+    let row = sqlx::query(&format!(
+        "WITH released AS (
+            DELETE FROM agent_session_slot_releases RETURNING application_id
+         ), counted AS (
+            SELECT application_id, count(*) AS n FROM released GROUP BY application_id
+         ), lowered AS (
+            UPDATE agent_session_slots s SET held = greatest(s.held - c.n, 0)
+              FROM counted c WHERE s.application_id = c.application_id
+            RETURNING s.application_id, s.held
+         ), bound AS (
+            SELECT coalesce(sum(coalesce(l.held, s.held)), 0)::int8 AS zone_slots,
+                   coalesce(sum(coalesce(l.held, s.held)) FILTER (WHERE s.application_id = $3), 0)::int8
+                     AS application_slots
+              FROM agent_session_slots s LEFT JOIN lowered l USING (application_id)
+         )
+         SELECT bound.zone_slots, bound.application_slots, {IDENTITY_COLUMNS}
+           FROM bound {IDENTITY_JOINS}"
+    ))
+    .bind(caller_application)
+    .bind(caller_record)
+    .bind(application_id)
+    .fetch_one(conn)
     .await?;
-    Ok(())
+    let (application, record) = delegation::identity_pair(&row)?;
+    Ok(StartReads {
+        application,
+        record,
+        bound: Slots {
+            zone: row.try_get("zone_slots")?,
+            application: row.try_get("application_slots")?,
+        },
+    })
 }
 
 /// Sessions holding a capacity slot (authority §2.1 step 7): in the zone, of the
@@ -138,17 +213,19 @@ pub struct Slots {
     pub application: i64,
 }
 
-/// The slots held in the transaction's zone, as far as the start's rules need them (call it
-/// under [`lock_starts`]).
+/// The slots held in the transaction's zone, as far as the start's rules need them, from
+/// the `bound` of [`start_reads`] (call it under [`begin_start`]'s lock). When the bound
+/// already shows both counts below their caps (and, for a `single`-session application, no
+/// session at all), the exact counts cannot decide otherwise and the bound is returned. Only
+/// when it might, the sessions are counted by the liveness rule, each count stopping at its
+/// cap.
 ///
-/// First the counters of `agent_session_slots`, with the zone's pending releases folded in:
-/// an upper bound of the exact counts, read in one statement whatever the number of
-/// sessions. When the bound already shows both counts below their caps (and, for a
-/// `single`-session application, no session at all), the exact counts cannot decide
-/// otherwise and the bound is returned. Only when it might, the sessions are counted by the
-/// liveness rule, each count stopping at its cap.
+/// # Errors
+///
+/// Database errors.
 pub async fn slots(
     conn: &mut PgConnection,
+    bound: Slots,
     application_id: &str,
     zone_cap: i64,
     application_cap: i64,
@@ -157,7 +234,6 @@ pub async fn slots(
     const HOLDING: &str = "status IN ('active', 'suspended') \
         AND ((lifecycle = 'task' AND started_at + make_interval(secs => ttl_seconds) > now()) \
              OR (lifecycle = 'service' AND (status = 'suspended' OR heartbeat_deadline_at > now())))";
-    let bound = slot_bound(&mut *conn, application_id).await?;
     let decided = bound.zone < zone_cap
         && bound.application < application_cap
         && !(single && bound.application > 0);
@@ -172,31 +248,6 @@ pub async fn slots(
     .bind(application_id)
     .bind(zone_cap)
     .bind(application_cap)
-    .fetch_one(conn)
-    .await?;
-    Ok(Slots { zone, application })
-}
-
-/// Folds the zone's pending releases into its slot counters and returns the counters' sums
-/// (zone, application): the upper bound of [`slots`]. Only start transactions, one at a time
-/// per zone under its start lock, change the counters; releases committed after this
-/// statement began stay for the next start.
-async fn slot_bound(conn: &mut PgConnection, application_id: &str) -> Result<Slots, sqlx::Error> {
-    let (zone, application): (i64, i64) = sqlx::query_as(
-        "WITH released AS (
-            DELETE FROM agent_session_slot_releases RETURNING application_id
-         ), counted AS (
-            SELECT application_id, count(*) AS n FROM released GROUP BY application_id
-         ), lowered AS (
-            UPDATE agent_session_slots s SET held = greatest(s.held - c.n, 0)
-              FROM counted c WHERE s.application_id = c.application_id
-            RETURNING s.application_id, s.held
-         )
-         SELECT coalesce(sum(coalesce(l.held, s.held)), 0)::int8,
-                coalesce(sum(coalesce(l.held, s.held)) FILTER (WHERE s.application_id = $1), 0)::int8
-           FROM agent_session_slots s LEFT JOIN lowered l USING (application_id)",
-    )
-    .bind(application_id)
     .fetch_one(conn)
     .await?;
     Ok(Slots { zone, application })

@@ -637,6 +637,24 @@ async fn each_authentication_failure_answers_with_its_code() {
             .start_as(&token, &json!({"application_id": app}))
             .await;
         expect(label, &start, 401, "identity_revoked");
+        // The start confirms the identity in its own transaction (decision 0033): still
+        // before it reads the body or judges the named application.
+        let malformed = stack.raw(&token, "POST", &agents(), "{", &[]).await;
+        expect(
+            &format!("{label}, malformed body"),
+            &malformed,
+            401,
+            "identity_revoked",
+        );
+        let foreign = stack
+            .start_as(&token, &json!({"application_id": OTHER}))
+            .await;
+        expect(
+            &format!("{label}, another application"),
+            &foreign,
+            401,
+            "identity_revoked",
+        );
     }
 
     // Without the STS key set no mandate can be verified: fail closed.
@@ -675,6 +693,18 @@ async fn each_authentication_failure_answers_with_its_code() {
         .unwrap();
     expect("third call in a minute", &over, 429, "rate_limited");
     assert_eq!(over.header("retry-after").as_deref(), Some("60"));
+    // The start checks the rate in its own transaction, after the identity (decision 0033).
+    let start_over = limited
+        .call(
+            &token,
+            "POST",
+            &agents(),
+            Some(&json!({"application_id": APP})),
+            &[],
+        )
+        .await
+        .unwrap();
+    expect("a start over the rate", &start_over, 429, "rate_limited");
     let other = limited
         .call(&stack.token(OTHER, REC_OTHER), "GET", &agents(), None, &[])
         .await

@@ -211,3 +211,42 @@ async fn zone_ids_outside_the_pattern_are_rejected_by_the_schema() -> anyhow::Re
     }
     Ok(())
 }
+
+#[tokio::test]
+async fn outbox_topics_outside_the_pattern_are_rejected_by_the_schema() -> anyhow::Result<()> {
+    let db = TestDb::migrated().await?;
+    let mut admin = db.admin().await?;
+    // Migration 0012 rewrote both checks in a cheaper form; the rule is unchanged.
+    let longest = "a".repeat(128);
+    let too_long = "a".repeat(129);
+    for (table, producer) in [("event_outbox", "api"), ("caracal_outbox", "coordinator")] {
+        let insert = format!(
+            "INSERT INTO caracal.{table} (id, producer, topic, payload_json) VALUES ($1, $2, $3, '{{}}')"
+        );
+        for (n, bad) in ["", "Caps", "a b", "topic/1", too_long.as_str()]
+            .into_iter()
+            .enumerate()
+        {
+            let err = sqlx::query(&insert)
+                .bind(format!("bad-{n}"))
+                .bind(producer)
+                .bind(bad)
+                .execute(&mut admin)
+                .await
+                .unwrap_err();
+            assert_eq!(sqlstate(&err), "23514", "{table} {bad:?}: {err}");
+        }
+        for (n, good) in ["caracal.agents.lifecycle", "a:b_c-d", longest.as_str()]
+            .into_iter()
+            .enumerate()
+        {
+            sqlx::query(&insert)
+                .bind(format!("good-{n}"))
+                .bind(producer)
+                .bind(good)
+                .execute(&mut admin)
+                .await?;
+        }
+    }
+    Ok(())
+}
