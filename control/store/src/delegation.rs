@@ -68,18 +68,7 @@ pub async fn agent_sessions(
     .await?;
     rows.iter()
         .map(|r| {
-            let record_id: Option<String> = r.try_get("r_id")?;
-            let subject_record = match record_id {
-                None => None,
-                Some(id) => Some(RecordView {
-                    id,
-                    zone_id: r.try_get("r_zone_id")?,
-                    session_type: r.try_get("r_type")?,
-                    subject_id: r.try_get("r_subject")?,
-                    status: r.try_get("r_status")?,
-                    expires_at: r.try_get::<DateTime<Utc>, _>("r_expires_at")?,
-                }),
-            };
+            let subject_record = joined_record(r)?;
             Ok(AgentSessionView {
                 id: r.try_get("id")?,
                 zone_id: r.try_get("zone_id")?,
@@ -120,8 +109,8 @@ pub async fn record(conn: &mut PgConnection, id: &str) -> Result<Option<RecordVi
 /// The columns of [`application_and_record`]: `a` the application, `r` the record.
 pub(crate) const IDENTITY_COLUMNS: &str = "a.id AS a_id, a.zone_id AS a_zone_id, a.name, \
      a.registration_method, a.client_secret_hash, a.traits, a.expires_at AS a_expires_at, \
-     a.archived_at, r.id AS r_id, r.zone_id AS r_zone_id, r.session_type, r.subject_id, \
-     r.status, r.expires_at AS r_expires_at, now() AS now";
+     a.archived_at, r.id AS r_id, r.zone_id AS r_zone_id, r.session_type AS r_type, \
+     r.subject_id AS r_subject, r.status AS r_status, r.expires_at AS r_expires_at, now() AS now";
 
 /// The joins of [`application_and_record`] onto a one-row `FROM` item: `$1` the
 /// application, `$2` the record.
@@ -170,18 +159,24 @@ pub(crate) fn identity_pair(
             now,
         }),
     };
-    let record = match row.try_get::<Option<String>, _>("r_id")? {
-        None => None,
-        Some(id) => Some(RecordView {
-            id,
-            zone_id: row.try_get("r_zone_id")?,
-            session_type: row.try_get("session_type")?,
-            subject_id: row.try_get("subject_id")?,
-            status: row.try_get("status")?,
-            expires_at: row.try_get("r_expires_at")?,
-        }),
+    Ok((application, joined_record(row)?))
+}
+
+/// The authority record of a row that joined `sessions` as `r` with the columns
+/// `r_id`, `r_zone_id`, `r_type`, `r_subject`, `r_status` and `r_expires_at` (`None` when
+/// the join found no record).
+fn joined_record(row: &PgRow) -> Result<Option<RecordView>, sqlx::Error> {
+    let Some(id) = row.try_get::<Option<String>, _>("r_id")? else {
+        return Ok(None);
     };
-    Ok((application, record))
+    Ok(Some(RecordView {
+        id,
+        zone_id: row.try_get("r_zone_id")?,
+        session_type: row.try_get("r_type")?,
+        subject_id: row.try_get("r_subject")?,
+        status: row.try_get("r_status")?,
+        expires_at: row.try_get::<DateTime<Utc>, _>("r_expires_at")?,
+    }))
 }
 
 /// The zone's graph epoch (0 before the first edge).
