@@ -29,8 +29,10 @@ use std::sync::{
 use chrono::{DateTime, Utc};
 use control_crypto::{UnverifiedJwt, ct_eq};
 use control_model::ZoneId;
-use control_model::authority::RecordView;
-use control_store::{applications::ApplicationAsOf, delegation, zone::zone_snapshot};
+use control_store::{
+    delegation::{self, ApplicationAndRecord},
+    zone::zone_snapshot,
+};
 use http::{HeaderMap, header};
 use serde_json::{Map, Value};
 
@@ -84,16 +86,6 @@ pub enum IdentityCheck {
     Now,
     /// By the route, first thing in its own transaction ([`confirm`]).
     InRoute,
-}
-
-/// The rows an identity check read: the caller's application (with the reading
-/// transaction's `now()`) and its authority record.
-#[derive(Debug, Clone)]
-pub struct IdentityRows {
-    /// The application named by `client_id`.
-    pub application: Option<ApplicationAsOf>,
-    /// The authority record named by `sid`.
-    pub record: Option<RecordView>,
 }
 
 impl Caller {
@@ -209,21 +201,19 @@ pub fn awaiting_confirmation(caller: &Caller) -> Option<&Agent> {
     }
 }
 
-/// The route's half of [`IdentityCheck::InRoute`]: judges the identity `rows` the route read
-/// for [`awaiting_confirmation`]'s agent in its own transaction, checks the rate, and
-/// returns the confirmed agent. Any other caller comes back as it is.
+/// The route's half of [`IdentityCheck::InRoute`]: judges the identity `rows` (the
+/// application named by `client_id`, the record named by `sid`) the route read for
+/// [`awaiting_confirmation`]'s agent in its own transaction, checks the rate, and returns
+/// the agent as a confirmed caller.
 ///
 /// # Errors
 ///
 /// 401 `identity_revoked`, 429 `rate_limited`.
 pub async fn confirm(
     co: &Coordinator,
-    caller: &Caller,
-    rows: &IdentityRows,
+    agent: &Agent,
+    rows: &ApplicationAndRecord,
 ) -> Result<Caller, CoordError> {
-    let Caller::Unconfirmed(agent) = caller else {
-        return Ok(caller.clone());
-    };
     judge_identity(agent, rows)?;
     check_rate(co, &agent.client_id).await?;
     Ok(Caller::Agent(agent.clone()))
@@ -285,27 +275,14 @@ async fn check_identity(co: &Coordinator, agent: &Agent) -> Result<(), CoordErro
     let zone = ZoneId::parse(&agent.zone_id)
         .map_err(|_bad| CoordError::Internal("verified zone id does not parse".into()))?;
     let mut tx = zone_snapshot(&co.pool, &zone).await?;
-    let rows = read_identity(&mut tx, agent).await?;
+    let rows = delegation::application_and_record(&mut tx, &agent.client_id, &agent.sid).await?;
     tx.commit().await?;
     Ok(judge_identity(agent, &rows)?)
 }
 
-/// The agent's application and authority record, in one round trip.
-async fn read_identity(
-    conn: &mut sqlx::PgConnection,
-    agent: &Agent,
-) -> Result<IdentityRows, CoordError> {
-    let (application, record) =
-        delegation::application_and_record(conn, &agent.client_id, &agent.sid).await?;
-    Ok(IdentityRows {
-        application,
-        record,
-    })
-}
-
 /// 401 `identity_revoked` unless the application is usable and the record live, judged by
 /// the reading transaction's `now()`.
-fn judge_identity(agent: &Agent, rows: &IdentityRows) -> Result<(), Problem> {
+fn judge_identity(agent: &Agent, rows: &ApplicationAndRecord) -> Result<(), Problem> {
     let live = match (&rows.application, &rows.record) {
         (Some(a), Some(record)) => a.row.is_usable(a.now) && record.is_live(&agent.zone_id, a.now),
         _ => false,

@@ -19,7 +19,7 @@ use control_store::{
         receipts::Operation,
         sessions::{self, AgentSessionRow, ListFilter, NewSession},
     },
-    delegation,
+    delegation::{self, ApplicationAndRecord},
     outbox::BatchMessage,
     zone::{ZoneTx, zone_snapshot, zone_tx},
 };
@@ -27,7 +27,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::{
-    auth::{self, Caller, IdentityRows},
+    auth::{self, Caller},
     delegations,
     error::{CoordError, Problem, refuse},
     idempotency::{self, Idempotent},
@@ -160,7 +160,8 @@ fn checked_start(body: StartBody) -> Result<Start, Problem> {
 /// `POST /zones/{z}/agents`: the rules of authority §2.1, in order. The caller's identity
 /// rows and rate are confirmed first, in this route's transaction (decision 0033).
 pub async fn start(co: &Coordinator, req: &CoordRequest) -> Result<Reply, CoordError> {
-    let Some(unconfirmed) = auth::awaiting_confirmation(&req.caller) else {
+    // The caller's agent; it acts only once `auth::confirm` has judged its identity rows.
+    let Some(agent) = auth::awaiting_confirmation(&req.caller) else {
         return Err(CoordError::Internal(
             "session start reached without an unconfirmed session mandate".into(),
         ));
@@ -172,7 +173,7 @@ pub async fn start(co: &Coordinator, req: &CoordRequest) -> Result<Reply, CoordE
         .and_then(|(body, raw)| Ok((checked_start(body)?, raw)));
     let started_application = checked
         .as_ref()
-        .map_or(unconfirmed.client_id.as_str(), |(start, _)| {
+        .map_or(agent.client_id.as_str(), |(start, _)| {
             start.application_id.as_str()
         });
     // 4. One start at a time per zone: the transaction begins holding the zone's start lock;
@@ -180,23 +181,9 @@ pub async fn start(co: &Coordinator, req: &CoordRequest) -> Result<Reply, CoordE
     //    create. Its first read brings the caller's identity rows and the slot bound of
     //    step 7 in one round trip; each is judged in the rules' order below.
     let mut tx = sessions::begin_start(&co.pool, &req.zone).await?;
-    let reads = sessions::start_reads(
-        &mut tx,
-        &unconfirmed.client_id,
-        &unconfirmed.sid,
-        started_application,
-    )
-    .await?;
-    let identity = IdentityRows {
-        application: reads.application,
-        record: reads.record,
-    };
-    let caller = auth::confirm(co, &req.caller, &identity).await?;
-    let Caller::Agent(agent) = &caller else {
-        return Err(CoordError::Internal(
-            "a confirmed session mandate is not an agent".into(),
-        ));
-    };
+    let reads =
+        sessions::start_reads(&mut tx, &agent.client_id, &agent.sid, started_application).await?;
+    let caller = auth::confirm(co, agent, &reads.identity).await?;
     let (start, raw) = checked?;
     // 1. The subject authority record.
     let subject = start.subject.clone().unwrap_or_else(|| agent.sid.clone());
@@ -210,8 +197,11 @@ pub async fn start(co: &Coordinator, req: &CoordRequest) -> Result<Reply, CoordE
     let actor = caller.actor();
     // An agent starting a session of its own application on its own record (the usual
     // start) has had both rows read already.
-    let (application, record) = if start.application_id == agent.client_id && subject == agent.sid {
-        (identity.application, identity.record)
+    let ApplicationAndRecord {
+        application,
+        record,
+    } = if start.application_id == agent.client_id && subject == agent.sid {
+        reads.identity
     } else {
         delegation::application_and_record(&mut tx, &start.application_id, &subject).await?
     };

@@ -117,8 +117,17 @@ pub(crate) const IDENTITY_COLUMNS: &str = "a.id AS a_id, a.zone_id AS a_zone_id,
 pub(crate) const IDENTITY_JOINS: &str =
     "LEFT JOIN applications a ON a.id = $1 LEFT JOIN sessions r ON r.id = $2";
 
-/// An application (with the transaction's `now()`) and an authority record, each read by
-/// id in one round trip: the pair a Coordinator identity check and a session start judge.
+/// An application (with the reading transaction's `now()`) and an authority record, each
+/// read by id: the pair a Coordinator identity check and a session start judge.
+#[derive(Debug, Clone)]
+pub struct ApplicationAndRecord {
+    /// The application, when it exists in the transaction's zone.
+    pub application: Option<ApplicationAsOf>,
+    /// The authority record, when it exists in the transaction's zone.
+    pub record: Option<RecordView>,
+}
+
+/// [`ApplicationAndRecord`] of `application_id` and `record_id`, in one round trip.
 ///
 /// # Errors
 ///
@@ -127,7 +136,7 @@ pub async fn application_and_record(
     conn: &mut PgConnection,
     application_id: &str,
     record_id: &str,
-) -> Result<(Option<ApplicationAsOf>, Option<RecordView>), sqlx::Error> {
+) -> Result<ApplicationAndRecord, sqlx::Error> {
     let row = sqlx::query(&format!(
         "SELECT {IDENTITY_COLUMNS} FROM (VALUES (1)) AS one (n) {IDENTITY_JOINS}"
     ))
@@ -139,9 +148,7 @@ pub async fn application_and_record(
 }
 
 /// The application and record of a row selected with [`IDENTITY_COLUMNS`].
-pub(crate) fn identity_pair(
-    row: &PgRow,
-) -> Result<(Option<ApplicationAsOf>, Option<RecordView>), sqlx::Error> {
+pub(crate) fn identity_pair(row: &PgRow) -> Result<ApplicationAndRecord, sqlx::Error> {
     let now: DateTime<Utc> = row.try_get("now")?;
     let application = match row.try_get::<Option<String>, _>("a_id")? {
         None => None,
@@ -159,7 +166,10 @@ pub(crate) fn identity_pair(
             now,
         }),
     };
-    Ok((application, joined_record(row)?))
+    Ok(ApplicationAndRecord {
+        application,
+        record: joined_record(row)?,
+    })
 }
 
 /// The authority record of a row that joined `sessions` as `r` with the columns

@@ -2,18 +2,16 @@
 //! suspend and resume of a subtree.
 
 use chrono::{DateTime, Utc};
-use control_model::ZoneId;
 use control_model::{
-    authority::RecordView,
+    ZoneId,
     page::{After, Keyed, Page, PageRequest, bounds},
 };
 use sqlx::{PgConnection, PgPool, Row};
 
 use crate::{
     StoreError,
-    applications::ApplicationAsOf,
     cascade::{ChangedSession, MAX_DEPTH, changed_sessions},
-    delegation::{self, IDENTITY_COLUMNS, IDENTITY_JOINS},
+    delegation::{self, ApplicationAndRecord, IDENTITY_COLUMNS, IDENTITY_JOINS},
     zone::{ZoneTx, zone_tx_with},
 };
 
@@ -143,10 +141,8 @@ pub async fn begin_start(pool: &PgPool, zone: &ZoneId) -> Result<ZoneTx, StoreEr
 /// What a session start reads first under its lock, in one round trip.
 #[derive(Debug, Clone)]
 pub struct StartReads {
-    /// The caller's application, with the transaction's `now()`.
-    pub application: Option<ApplicationAsOf>,
-    /// The caller's authority record.
-    pub record: Option<RecordView>,
+    /// The caller's application and authority record.
+    pub identity: ApplicationAndRecord,
     /// The slot bound of [`slots`] for the started application.
     pub bound: Slots,
 }
@@ -191,10 +187,8 @@ pub async fn start_reads(
     .bind(application_id)
     .fetch_one(conn)
     .await?;
-    let (application, record) = delegation::identity_pair(&row)?;
     Ok(StartReads {
-        application,
-        record,
+        identity: delegation::identity_pair(&row)?,
         bound: Slots {
             zone: row.try_get("zone_slots")?,
             application: row.try_get("application_slots")?,
