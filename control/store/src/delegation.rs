@@ -4,9 +4,9 @@
 
 use chrono::{DateTime, Utc};
 use control_model::authority::{AgentSessionView, EdgeView, MAX_HOPS, RecordView};
-use sqlx::{PgConnection, Row, postgres::PgRow};
+use sqlx::{FromRow, PgConnection, Row, postgres::PgRow};
 
-use crate::applications::{ApplicationAsOf, ApplicationRow};
+use crate::applications::ApplicationAsOf;
 
 /// The edge `id` and its ancestors through `parent_edge_id` (at most `MAX_HOPS + 1`).
 pub async fn edge_lineage(conn: &mut PgConnection, id: &str) -> Result<Vec<EdgeView>, sqlx::Error> {
@@ -107,10 +107,12 @@ pub async fn record(conn: &mut PgConnection, id: &str) -> Result<Option<RecordVi
 }
 
 /// The columns of [`application_and_record`]: `a` the application, `r` the record.
-pub(crate) const IDENTITY_COLUMNS: &str = "a.id AS a_id, a.zone_id AS a_zone_id, a.name, \
-     a.registration_method, a.client_secret_hash, a.traits, a.expires_at AS a_expires_at, \
-     a.archived_at, r.id AS r_id, r.zone_id AS r_zone_id, r.session_type AS r_type, \
-     r.subject_id AS r_subject, r.status AS r_status, r.expires_at AS r_expires_at, now() AS now";
+/// The application's columns keep their names (read by `ApplicationAsOf`'s `FromRow`); the
+/// record's carry the `r_` names of [`joined_record`].
+pub(crate) const IDENTITY_COLUMNS: &str = "a.id, a.zone_id, a.name, a.registration_method, \
+     a.client_secret_hash, a.traits, a.expires_at, a.archived_at, now() AS now, \
+     r.id AS r_id, r.zone_id AS r_zone_id, r.session_type AS r_type, \
+     r.subject_id AS r_subject, r.status AS r_status, r.expires_at AS r_expires_at";
 
 /// The joins of [`application_and_record`] onto a one-row `FROM` item: `$1` the
 /// application, `$2` the record.
@@ -149,22 +151,10 @@ pub async fn application_and_record(
 
 /// The application and record of a row selected with [`IDENTITY_COLUMNS`].
 pub(crate) fn identity_pair(row: &PgRow) -> Result<ApplicationAndRecord, sqlx::Error> {
-    let now: DateTime<Utc> = row.try_get("now")?;
-    let application = match row.try_get::<Option<String>, _>("a_id")? {
+    // A left join that found no application leaves its columns null.
+    let application = match row.try_get::<Option<String>, _>("id")? {
         None => None,
-        Some(id) => Some(ApplicationAsOf {
-            row: ApplicationRow {
-                id,
-                zone_id: row.try_get("a_zone_id")?,
-                name: row.try_get("name")?,
-                registration_method: row.try_get("registration_method")?,
-                client_secret_hash: row.try_get("client_secret_hash")?,
-                traits: row.try_get("traits")?,
-                expires_at: row.try_get("a_expires_at")?,
-                archived_at: row.try_get("archived_at")?,
-            },
-            now,
-        }),
+        Some(_) => Some(ApplicationAsOf::from_row(row)?),
     };
     Ok(ApplicationAndRecord {
         application,
