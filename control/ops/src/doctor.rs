@@ -166,6 +166,8 @@ impl<'a> Context<'a> {
                 ("search_path", "caracal"),
                 ("default_transaction_read_only", "on"),
                 ("statement_timeout", STATEMENT_TIMEOUT_MS),
+                // As on every service connection (decision 0034).
+                ("jit", "off"),
             ]);
         let unreachable = |e: sqlx::Error| {
             OpsError::Unreachable(format!(

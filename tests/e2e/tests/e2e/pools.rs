@@ -26,7 +26,8 @@ async fn each_service_pool_logs_in_as_its_role_with_the_documented_settings() ->
             "SELECT current_user::text AS who, current_setting('search_path') AS search_path, \
                     current_setting('statement_timeout') AS statement_timeout, \
                     current_setting('idle_in_transaction_session_timeout') AS idle_in_tx, \
-                    current_setting('application_name') AS app",
+                    current_setting('application_name') AS app, \
+                    current_setting('jit') AS jit",
         )
         .fetch_one(&pool)
         .await?;
@@ -34,6 +35,7 @@ async fn each_service_pool_logs_in_as_its_role_with_the_documented_settings() ->
         assert_eq!(row.try_get::<String, _>("search_path")?, "caracal");
         assert_eq!(row.try_get::<String, _>("statement_timeout")?, "15s");
         assert_eq!(row.try_get::<String, _>("idle_in_tx")?, "30s");
+        assert_eq!(row.try_get::<String, _>("jit")?, "off");
         assert_eq!(
             row.try_get::<String, _>("app")?,
             format!("caracal-{}-gw-7", role.service())
