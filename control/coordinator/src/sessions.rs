@@ -256,27 +256,30 @@ pub async fn start(co: &Coordinator, req: &CoordRequest) -> Result<Reply, CoordE
         None => None,
         Some(parent_id) => Some(check_parent(&mut tx, &caller, parent_id, &start).await?),
     };
-    // 9. Insert.
+    // 9. Insert, with the lifecycle event (11) in the same statement.
     let id = uuid::Uuid::now_v7().to_string();
+    let new = NewSession {
+        id: &id,
+        zone_id: zone,
+        application_id: &start.application_id,
+        parent_id: parent.as_ref().map(|p| p.id.as_str()),
+        subject_authority_record_id: &subject,
+        lifecycle: if start.service { "service" } else { "task" },
+        depth: parent.as_ref().map_or(0, |p| p.depth + 1),
+        labels: &start.labels,
+        ttl_seconds: start.ttl_seconds,
+        lease_seconds: start.service.then_some(co.config.limits.lease_seconds),
+        metadata: &start.metadata,
+        actor: &actor,
+    };
+    let ctx = req.outbox(&actor);
+    let spawn = [cascade::lifecycle(zone, "spawn", &new.changed(), None)];
     let row = sessions::insert(
         &mut tx,
-        &NewSession {
-            id: &id,
-            zone_id: zone,
-            application_id: &start.application_id,
-            parent_id: parent.as_ref().map(|p| p.id.as_str()),
-            subject_authority_record_id: &subject,
-            lifecycle: if start.service { "service" } else { "task" },
-            depth: parent.as_ref().map_or(0, |p| p.depth + 1),
-            labels: &start.labels,
-            ttl_seconds: start.ttl_seconds,
-            lease_seconds: start.service.then_some(co.config.limits.lease_seconds),
-            metadata: &start.metadata,
-            actor: &actor,
-        },
+        &new,
+        &ctx.batch(control_events::streams::AGENTS_LIFECYCLE, &spawn),
     )
     .await?;
-    let ctx = req.outbox(&actor);
     // 10. Edge inheritance.
     let inherited = match (&parent, start.inherit) {
         (Some(parent), true) => {
@@ -284,10 +287,6 @@ pub async fn start(co: &Coordinator, req: &CoordRequest) -> Result<Reply, CoordE
         }
         _ => None,
     };
-    // 11. The lifecycle event.
-    let spawn: BatchMessage = cascade::lifecycle(zone, "spawn", &row.changed(None), None);
-    ctx.enqueue(&mut tx, control_events::streams::AGENTS_LIFECYCLE, &[spawn])
-        .await?;
     let answer = views::session(&row, inherited.as_deref());
     if let Some(idempotent) = &idempotent {
         idempotent

@@ -62,6 +62,19 @@ pub struct Context<'a> {
 }
 
 impl Context<'_> {
+    /// `messages` on `topic` as this context's outbox batch.
+    #[must_use]
+    pub fn batch<'b>(&'b self, topic: &'b str, messages: &'b [BatchMessage]) -> outbox::Batch<'b> {
+        outbox::Batch {
+            table: self.producer.table,
+            producer: self.producer.name,
+            zone_id: self.zone,
+            topic,
+            messages,
+            request_id: self.request_id,
+        }
+    }
+
     /// Enqueues `messages` on `topic`; returns how many were new.
     pub async fn enqueue(
         &self,
@@ -69,16 +82,7 @@ impl Context<'_> {
         topic: &str,
         messages: &[BatchMessage],
     ) -> Result<u64, sqlx::Error> {
-        outbox::enqueue_batch(
-            conn,
-            self.producer.table,
-            self.producer.name,
-            self.zone,
-            topic,
-            messages,
-            self.request_id,
-        )
-        .await
+        outbox::enqueue_batch(conn, &self.batch(topic, messages)).await
     }
 }
 

@@ -52,38 +52,66 @@ pub struct BatchMessage {
     pub payload: serde_json::Value,
 }
 
-/// Enqueues `messages` on `topic` for producer `producer` into `table` in one statement
-/// (storage §7.2: `ON CONFLICT … DO NOTHING` on the dedupe key); returns how many rows were
-/// new.
-pub async fn enqueue_batch(
-    conn: &mut PgConnection,
-    table: OutboxTable,
-    producer: &str,
-    zone_id: &str,
-    topic: &str,
-    messages: &[BatchMessage],
-    request_id: Option<&str>,
-) -> Result<u64, sqlx::Error> {
-    if messages.is_empty() {
+/// Messages for one topic of one producer, enqueued by [`enqueue_batch`] on their own or
+/// inside another write's statement ([`crate::coordinator::sessions::insert`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Batch<'a> {
+    /// The outbox table.
+    pub table: OutboxTable,
+    /// Who enqueues.
+    pub producer: &'a str,
+    /// The zone of the transaction.
+    pub zone_id: &'a str,
+    /// The stream.
+    pub topic: &'a str,
+    /// The messages.
+    pub messages: &'a [BatchMessage],
+    /// The request that caused them.
+    pub request_id: Option<&'a str>,
+}
+
+impl Batch<'_> {
+    /// The insert, over parameters `$1`–`$7` bound by [`Batch::bind`] (storage §7.2:
+    /// `ON CONFLICT … DO NOTHING` on the dedupe key), returning one row per new message
+    /// (`RETURNING 1`, so one binding path serves it alone and inside another statement).
+    pub(crate) fn insert_sql(&self) -> &'static str {
+        self.table.sql().insert_batch
+    }
+
+    /// Binds `$1`–`$7` of [`Batch::insert_sql`]; they must be a query's first parameters.
+    pub(crate) fn bind<'q, O>(
+        &self,
+        query: sqlx::query::QueryAs<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments>,
+    ) -> sqlx::query::QueryAs<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments> {
+        let ids: Vec<String> = self
+            .messages
+            .iter()
+            .map(|_| uuid::Uuid::now_v7().to_string())
+            .collect();
+        let keys: Vec<String> = self.messages.iter().map(|m| m.dedupe_key.clone()).collect();
+        let payloads: Vec<serde_json::Value> =
+            self.messages.iter().map(|m| m.payload.clone()).collect();
+        query
+            .bind(ids)
+            .bind(keys)
+            .bind(payloads)
+            .bind(self.producer.to_owned())
+            .bind(self.zone_id.to_owned())
+            .bind(self.topic.to_owned())
+            .bind(self.request_id.map(str::to_owned))
+    }
+}
+
+/// Enqueues `batch` in one statement; returns how many rows were new.
+pub async fn enqueue_batch(conn: &mut PgConnection, batch: &Batch<'_>) -> Result<u64, sqlx::Error> {
+    if batch.messages.is_empty() {
         return Ok(0);
     }
-    let ids: Vec<String> = messages
-        .iter()
-        .map(|_| uuid::Uuid::now_v7().to_string())
-        .collect();
-    let keys: Vec<&str> = messages.iter().map(|m| m.dedupe_key.as_str()).collect();
-    let payloads: Vec<serde_json::Value> = messages.iter().map(|m| m.payload.clone()).collect();
-    Ok(sqlx::query(table.sql().insert_batch)
-        .bind(&ids)
-        .bind(&keys)
-        .bind(&payloads)
-        .bind(producer)
-        .bind(zone_id)
-        .bind(topic)
-        .bind(request_id)
-        .execute(conn)
-        .await?
-        .rows_affected())
+    let new: Vec<(i32,)> = batch
+        .bind(sqlx::query_as::<_, (i32,)>(batch.insert_sql()))
+        .fetch_all(conn)
+        .await?;
+    Ok(u64::try_from(new.len()).unwrap_or(u64::MAX))
 }
 
 /// Announces a zone signing-key change on `caracal.keys.invalidate` (storage §6.1) in the
@@ -176,7 +204,8 @@ macro_rules! outbox_statements {
                         (id, producer, zone_id, topic, dedupe_key, payload_json, request_id) \
                  SELECT m.id, $4, $5, $6, m.dedupe_key, m.payload, $7 \
                    FROM unnest($1::text[], $2::text[], $3::jsonb[]) AS m(id, dedupe_key, payload) \
-                 ON CONFLICT (producer, topic, dedupe_key) WHERE dedupe_key IS NOT NULL DO NOTHING"
+                 ON CONFLICT (producer, topic, dedupe_key) WHERE dedupe_key IS NOT NULL DO NOTHING \
+                 RETURNING 1"
             ),
             // §7.3: one autocommit statement; the lease makes a crashed worker's rows
             // claimable again once it expires.

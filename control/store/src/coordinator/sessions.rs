@@ -12,6 +12,7 @@ use crate::{
     StoreError,
     cascade::{ChangedSession, MAX_DEPTH, changed_sessions},
     delegation::{self, ApplicationAndRecord, IDENTITY_COLUMNS, IDENTITY_JOINS},
+    outbox::Batch,
     zone::{ZoneTx, zone_tx_with},
 };
 
@@ -276,36 +277,73 @@ pub struct NewSession<'a> {
     pub actor: &'a str,
 }
 
-/// Inserts a session (a service with a lease of `lease_seconds` and generation 1); when it
+impl NewSession<'_> {
+    /// Its lease generation: 1 for a service (its first lease), 0 for a task.
+    #[must_use]
+    pub fn lease_generation(&self) -> i64 {
+        if self.lifecycle == "service" { 1 } else { 0 }
+    }
+
+    /// The session as it will be stored, for its `spawn` message: status version 0, and
+    /// [`NewSession::lease_generation`]. [`insert`] writes exactly these values.
+    #[must_use]
+    pub fn changed(&self) -> ChangedSession {
+        ChangedSession {
+            id: self.id.to_owned(),
+            application_id: self.application_id.to_owned(),
+            parent_id: self.parent_id.map(str::to_owned),
+            lifecycle: self.lifecycle.to_owned(),
+            status_version: 0,
+            lease_generation: self.lease_generation(),
+            termination_reason: String::new(),
+            announce_record_id: None,
+        }
+    }
+}
+
+/// Inserts a session (a service with a lease of `lease_seconds`) and, in the same statement,
+/// its announcement `spawn` (the outbox rows built from [`NewSession::changed`]); when it
 /// has a parent, records the tree edge and counts the child.
+///
+/// # Errors
+///
+/// Database errors.
 pub async fn insert(
     conn: &mut PgConnection,
     new: &NewSession<'_>,
+    spawn: &Batch<'_>,
 ) -> Result<AgentSessionRow, sqlx::Error> {
-    let row: AgentSessionRow = sqlx::query_as(&format!(
-        "INSERT INTO agent_sessions (id, zone_id, application_id, parent_id, \
+    let changed = new.changed();
+    let sql = format!(
+        "WITH announced AS ({}) \
+         INSERT INTO agent_sessions (id, zone_id, application_id, parent_id, \
                 subject_authority_record_id, lifecycle, depth, labels, ttl_seconds, \
-                heartbeat_deadline_at, last_active_at, lease_generation, metadata_json, \
-                created_by, updated_by) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, \
-                 CASE WHEN $10::bigint IS NULL THEN NULL ELSE now() + make_interval(secs => $10) END, \
-                 now(), CASE WHEN $6 = 'service' THEN 1 ELSE 0 END, $11, $12, $12) \
-         RETURNING {COLUMNS}"
-    ))
-    .bind(new.id)
-    .bind(new.zone_id)
-    .bind(new.application_id)
-    .bind(new.parent_id)
-    .bind(new.subject_authority_record_id)
-    .bind(new.lifecycle)
-    .bind(new.depth)
-    .bind(new.labels)
-    .bind(new.ttl_seconds)
-    .bind(new.lease_seconds)
-    .bind(new.metadata)
-    .bind(new.actor)
-    .fetch_one(&mut *conn)
-    .await?;
+                heartbeat_deadline_at, last_active_at, status_version, lease_generation, \
+                metadata_json, created_by, updated_by) \
+         VALUES ($8, $9, $10, $11, $12, $13, $14, $15, $16, \
+                 CASE WHEN $17::bigint IS NULL THEN NULL ELSE now() + make_interval(secs => $17) END, \
+                 now(), $18, $19, $20, $21, $21) \
+         RETURNING {COLUMNS}",
+        spawn.insert_sql()
+    );
+    let row: AgentSessionRow = spawn
+        .bind(sqlx::query_as(&sql))
+        .bind(new.id)
+        .bind(new.zone_id)
+        .bind(new.application_id)
+        .bind(new.parent_id)
+        .bind(new.subject_authority_record_id)
+        .bind(new.lifecycle)
+        .bind(new.depth)
+        .bind(new.labels)
+        .bind(new.ttl_seconds)
+        .bind(new.lease_seconds)
+        .bind(changed.status_version)
+        .bind(changed.lease_generation)
+        .bind(new.metadata)
+        .bind(new.actor)
+        .fetch_one(&mut *conn)
+        .await?;
     if let Some(parent) = new.parent_id {
         sqlx::query(
             "INSERT INTO agent_topology (zone_id, parent_id, child_id) VALUES ($1, $2, $3)",

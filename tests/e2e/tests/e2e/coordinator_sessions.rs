@@ -788,6 +788,8 @@ async fn a_start_answers_201_with_the_fields_the_library_reads() {
     assert_eq!(spawn["application_id"], json!(APP));
     assert_eq!(spawn["lifecycle"], json!("task"));
     assert_eq!(spawn["zone_id"], json!(ZONE));
+    assert_eq!(spawn["parent_id"], Value::Null);
+    assert_eq!(spawn["lease_generation"], json!(0));
 
     let service = stack
         .started_body(
@@ -806,6 +808,14 @@ async fn a_start_answers_201_with_the_fields_the_library_reads() {
         lease > chrono::Duration::seconds(100) && lease <= chrono::Duration::seconds(121),
         "a service's lease is SERVICE_AGENT_LEASE_SECONDS (120): {lease}"
     );
+    // The spawn message, written with the row, names the service's first lease.
+    let service_id = service["id"].as_str().expect("a service id").to_owned();
+    let spawn = stack
+        .outbox(AGENTS_LIFECYCLE, &format!("spawn:{service_id}:v0"))
+        .await
+        .expect("the service's spawn event is in the outbox");
+    assert_eq!(spawn["lifecycle"], json!("service"));
+    assert_eq!(spawn["lease_generation"], json!(1));
 
     // The subject record may be named in the body; a TTL in range is kept.
     stack
