@@ -262,9 +262,10 @@ fn engine_config(host: &HostConfig, pooling: bool) -> Config {
             // A freed table slot is reset in place (memset) up to this size instead of
             // decommitted, so the next call's lazy function-reference initialisation does not
             // fault its pages back in. A wasip2 component's tables are a few KiB. Measured in
-            // bench/benches/plugins.rs on 2026-12-04: 21.1 → 17.3 µs a call for the allow
-            // authorizer, 20.4 → 19.0 µs for the echo injector; keeping linear memory
-            // resident the same way was slower (a 256 KiB reset: 29.7 µs).
+            // bench/benches/plugins.rs on 2026-12-04 (criterion medians, two alternated
+            // runs): 21.3/21.0 → 16.5/16.5 µs a call for the allow authorizer, 20.2/20.1 →
+            // 19.0/19.0 µs for the echo injector; keeping linear memory resident the same way
+            // was slower (a 256 KiB reset: 29.7 µs).
             .table_keep_resident(TABLE_KEEP_RESIDENT);
         config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     }

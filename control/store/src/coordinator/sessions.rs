@@ -76,22 +76,6 @@ impl Keyed for AgentSessionRow {
     }
 }
 
-impl AgentSessionRow {
-    /// As a changed session, for the lifecycle and revoke messages.
-    pub fn changed(&self, announce_record_id: Option<String>) -> ChangedSession {
-        ChangedSession {
-            id: self.id.clone(),
-            application_id: self.application_id.clone(),
-            parent_id: self.parent_id.clone(),
-            lifecycle: self.lifecycle.clone(),
-            status_version: self.status_version,
-            lease_generation: self.lease_generation,
-            termination_reason: self.termination_reason.clone().unwrap_or_default(),
-            announce_record_id,
-        }
-    }
-}
-
 const COLUMNS: &str = "id, zone_id, application_id, parent_id, subject_authority_record_id, \
      lifecycle, status, status_version, termination_reason, depth, labels, max_children, \
      child_count, ttl_seconds, started_at, last_active_at, last_heartbeat_at, \
@@ -278,14 +262,9 @@ pub struct NewSession<'a> {
 }
 
 impl NewSession<'_> {
-    /// Its lease generation: 1 for a service (its first lease), 0 for a task.
-    #[must_use]
-    pub fn lease_generation(&self) -> i64 {
-        if self.lifecycle == "service" { 1 } else { 0 }
-    }
-
-    /// The session as it will be stored, for its `spawn` message: status version 0, and
-    /// [`NewSession::lease_generation`]. [`insert`] writes exactly these values.
+    /// The session as it will be stored, for its `spawn` message: status version 0, lease
+    /// generation 1 for a service (its first lease) and 0 for a task. [`insert`] writes
+    /// exactly these values.
     #[must_use]
     pub fn changed(&self) -> ChangedSession {
         ChangedSession {
@@ -294,7 +273,7 @@ impl NewSession<'_> {
             parent_id: self.parent_id.map(str::to_owned),
             lifecycle: self.lifecycle.to_owned(),
             status_version: 0,
-            lease_generation: self.lease_generation(),
+            lease_generation: if self.lifecycle == "service" { 1 } else { 0 },
             termination_reason: String::new(),
             announce_record_id: None,
         }
