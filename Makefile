@@ -38,6 +38,8 @@ clean-test-dbs:
 
 # Unit, store, end-to-end and CLI tests; the database tests need `make services`.
 test: clean-test-dbs
+	# The S3-compatible server of the audit export tests (moto, pinned Python 3.12 venv).
+	scripts/conformance-venv.sh tests/s3
 	$(CARGO) test --workspace --locked -- --skip conformance_
 	# The audit ledger's fault run, short form (own Postgres and Redis on free ports).
 	scripts/audit-fault-run.sh --short
@@ -47,6 +49,7 @@ test: clean-test-dbs
 	tests/stack/run.sh
 
 e2e: services clean-test-dbs
+	scripts/conformance-venv.sh tests/s3
 	$(CARGO) test -p tests-e2e --locked
 
 # Rewrites docs/openapi.json from the route tables (a test fails while it is stale).

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Create <dir>/.venv with Python 3.12 and the exact pins of <dir>/requirements.txt, where
-# <dir> is the first argument (default tests/conformance; tests/api-fuzz holds schemathesis).
+# <dir> is the first argument (default tests/conformance; tests/api-fuzz holds schemathesis,
+# tests/s3 the S3-compatible server of the audit export tests).
 # Idempotent: a no-op when the venv was built from the
 # current requirements (their SHA-256 is stored inside the venv); rebuilt from scratch when
 # they change. Python 3.12 comes from $CONFORMANCE_PYTHON, pyenv (3.12.x) or python3.12.

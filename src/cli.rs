@@ -273,8 +273,10 @@ enum AuditCommand {
         /// Read rows from an NDJSON file (one row per line).
         #[arg(long, value_name = "FILE")]
         ndjson: Option<PathBuf>,
-        /// Read an export directory.
-        #[arg(long, value_name = "DIR")]
+        /// Read an export: a directory, or s3://BUCKET/PREFIX (endpoint, region and
+        /// credentials from AUDIT_EXPORT_S3_ENDPOINT, AUDIT_EXPORT_S3_REGION, AWS_ACCESS_KEY_ID,
+        /// AWS_SECRET_ACCESS_KEY, as for the export leader).
+        #[arg(long, value_name = "DIR|S3_URL")]
         export: Option<PathBuf>,
         /// Only this zone's chain (`*` for the global admin chain with --admin).
         #[arg(long)]

@@ -1,7 +1,8 @@
 //! `audit_bench`: the audit ledger's benchmark (issue 8).
 //!
 //! ```text
-//! audit_bench [--events 200000] [--zones 16] [--rate 40000] [--seconds 60] [--workers 4] [--out FILE]
+//! audit_bench [--events 200000] [--zones 16] [--rate 40000] [--seconds 60] [--workers 4]
+//!             [--export-dir DIR] [--out FILE]
 //! ```
 //!
 //! In one process, on a fresh migrated database and a leased Redis database (4–11, flushed),
@@ -17,6 +18,10 @@
 //!    full run); then the run waits until every event is a row. It reports the backlog at the
 //!    end of production, the drain time, and checks: rows = events produced, nothing
 //!    pending, no dead letters, and a full tamper sweep over every row finds nothing.
+//!
+//! 3. **Export** (with `--export-dir`): the export leader's job writes every hour of the
+//!    ledger to `DIR` as Parquet objects with manifests (storage §8.7), then `caracal audit
+//!    verify --export DIR` checks them; both are timed, with the objects' size per row.
 //!
 //! Everything shares the machine's cores (producer, ledger, Postgres, Redis). It stops by
 //! itself and prints a Markdown report (also written to `--out`).
@@ -55,6 +60,9 @@ struct Args {
     /// Entries per read (`AUDIT_BATCH_SIZE`).
     #[arg(long, default_value_t = 1000)]
     batch: u32,
+    /// Also export every hour of the ledger to this (empty) directory and verify the export.
+    #[arg(long)]
+    export_dir: Option<std::path::PathBuf>,
     /// Also write the report here.
     #[arg(long)]
     out: Option<std::path::PathBuf>,
@@ -173,6 +181,77 @@ async fn await_rows(
     }
 }
 
+/// Exports every hour of the ledger to `dir`, verifies the export offline, and reports both.
+async fn export_and_verify(
+    owner: &mut sqlx::PgConnection,
+    pool: &sqlx::PgPool,
+    dir: &std::path::Path,
+) -> anyhow::Result<String> {
+    use chrono::{DateTime, DurationRound, Utc};
+    use control_audit::{export, objects::ObjectStore, verify};
+
+    let (first, last): (DateTime<Utc>, DateTime<Utc>) =
+        sqlx::query_as("SELECT min(ingested_at), max(ingested_at) FROM caracal.audit_events")
+            .fetch_one(&mut *owner)
+            .await?;
+    let hour = chrono::Duration::hours(1);
+    let mut conn = pool.acquire().await?;
+    control_store::audit::partitions::advance_watermark(
+        &mut conn,
+        export::WATERMARK,
+        first.duration_trunc(hour)? - hour,
+    )
+    .await?;
+    drop(conn);
+    let metrics = control_audit::metrics::Metrics::default();
+    let store = ObjectStore::Dir(dir.to_path_buf());
+    let started = Instant::now();
+    let hours = export::run_due(
+        pool,
+        &store,
+        None,
+        Duration::ZERO,
+        &metrics,
+        last + hour * 2,
+    )
+    .await?;
+    let exported = started.elapsed();
+    let rows = metrics.rows_exported.load(Ordering::Relaxed);
+    let mut bytes = 0u64;
+    for name in store.list().await? {
+        if name.ends_with(".parquet") {
+            bytes += std::fs::metadata(dir.join(&name))?.len();
+        }
+    }
+    let key_hex = tests_harness::audit::PRODUCER_KEY_HEX;
+    let env = |name: &str| (name == "AUDIT_HMAC_KEY").then(|| key_hex.to_owned());
+    let mut out = Vec::new();
+    let started = Instant::now();
+    let code = verify::offline_with_env(
+        verify::OfflineArgs {
+            export: Some(dir.to_path_buf()),
+            ..verify::OfflineArgs::default()
+        },
+        &mut out,
+        &env,
+    )
+    .await;
+    let verified = started.elapsed();
+    ensure!(
+        code == verify::EXIT_CLEAN,
+        "the export does not verify: {}",
+        String::from_utf8_lossy(&out)
+    );
+    Ok(format!(
+        "## 3. Export\n\n{hours} hours, {rows} rows exported as Parquet in {:.1} s (**{:.0} rows/s**), {bytes} bytes ({:.0} bytes/row); `caracal audit verify --export` (every check, HMACs included) in {:.1} s (**{:.0} rows/s**), clean.\n\n",
+        exported.as_secs_f64(),
+        rows as f64 / exported.as_secs_f64(),
+        bytes as f64 / rows.max(1) as f64,
+        verified.as_secs_f64(),
+        rows as f64 / verified.as_secs_f64(),
+    ))
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -286,6 +365,9 @@ async fn main() -> anyhow::Result<()> {
         sweep_started.elapsed().as_secs_f64(),
     ));
     audit.stop().await;
+    if let Some(dir) = &args.export_dir {
+        report.push_str(&export_and_verify(&mut owner, &pool, dir).await?);
+    }
     println!("{report}");
     if let Some(path) = &args.out {
         std::fs::write(path, &report)?;

@@ -7,6 +7,8 @@ use control_crypto::HmacKey;
 use control_store::settings::role;
 use zeroize::Zeroizing;
 
+use crate::objects::{ExportTarget, S3Settings};
+
 /// Reads one variable; `None` when unset or empty.
 pub type Lookup<'a> = &'a dyn Fn(&str) -> Option<String>;
 
@@ -65,8 +67,12 @@ pub struct LeaderSettings {
     pub tamper_full_interval: Duration,
     /// `AUDIT_TAMPER_MAX_ROWS_PER_SEC` (50000).
     pub tamper_rows_per_sec: u64,
-    /// `AUDIT_EXPORT_DIR`: export closed hours here when set.
-    pub export_dir: Option<PathBuf>,
+    /// `AUDIT_EXPORT_DIR` or `AUDIT_EXPORT_S3_BUCKET` (with `AUDIT_EXPORT_S3_*`): export
+    /// closed hours there when set.
+    pub export: Option<ExportTarget>,
+    /// `AUDIT_EXPORT_SPOOL_DIR`: where a bucket export spools an object before uploading it
+    /// (default: the temporary directory).
+    pub export_spool: Option<PathBuf>,
     /// `AUDIT_EXPORT_GRACE_SECS` (300).
     pub export_grace: Duration,
     /// `AUDIT_LEADER_TICK_SECS` (30): how often locks are tried and jobs checked.
@@ -172,13 +178,21 @@ impl AuditConfig {
             trim_interval: secs(number("AUDIT_STREAM_TRIM_INTERVAL_SECS", 10, 1, DAY)?),
             max_future_skew: secs(number("AUDIT_MAX_FUTURE_SKEW_SECS", HOUR, 0, DAY)?),
         };
-        let export_dir = lookup("AUDIT_EXPORT_DIR").map(PathBuf::from);
-        if lookup("AUDIT_EXPORT_S3_BUCKET").is_some() {
-            return Err(ConfigError(
-                "AUDIT_EXPORT_S3_BUCKET is not supported by this build; use AUDIT_EXPORT_DIR"
-                    .to_owned(),
-            ));
-        }
+        let export = match (lookup("AUDIT_EXPORT_DIR"), lookup("AUDIT_EXPORT_S3_BUCKET")) {
+            (Some(_), Some(_)) => {
+                return Err(ConfigError(
+                    "set AUDIT_EXPORT_DIR or AUDIT_EXPORT_S3_BUCKET, not both".to_owned(),
+                ));
+            }
+            (Some(dir), None) => Some(ExportTarget::Dir(PathBuf::from(dir))),
+            (None, Some(bucket)) => {
+                let prefix = lookup("AUDIT_EXPORT_S3_PREFIX").unwrap_or_default();
+                Some(ExportTarget::S3(Box::new(
+                    S3Settings::from_env(lookup, &bucket, &prefix).map_err(ConfigError)?,
+                )))
+            }
+            (None, None) => None,
+        };
         let leaders = LeaderSettings {
             retention: secs(number("AUDIT_RETENTION_DAYS", 365, 1, 36_500)? * DAY),
             partition_interval: secs(
@@ -195,7 +209,8 @@ impl AuditConfig {
                 number("AUDIT_TAMPER_FULL_INTERVAL_HOURS", 24, 1, 24 * 365)? * HOUR,
             ),
             tamper_rows_per_sec: number("AUDIT_TAMPER_MAX_ROWS_PER_SEC", 50_000, 1, 10_000_000)?,
-            export_dir,
+            export,
+            export_spool: lookup("AUDIT_EXPORT_SPOOL_DIR").map(PathBuf::from),
             export_grace: secs(number("AUDIT_EXPORT_GRACE_SECS", 300, 0, DAY)?),
             tick: secs(number("AUDIT_LEADER_TICK_SECS", 30, 1, HOUR)?),
         };
@@ -318,5 +333,94 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(error.contains("AUDIT_HMAC_KEY"), "{error}");
+    }
+
+    #[test]
+    fn an_s3_export_takes_its_bucket_endpoint_and_credentials_from_the_environment() {
+        let c = config(&[
+            ("AUDIT_EXPORT_S3_BUCKET", "audit-evidence"),
+            ("AUDIT_EXPORT_S3_PREFIX", "/prod/"),
+            ("AUDIT_EXPORT_S3_ENDPOINT", "http://127.0.0.1:9000"),
+            ("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE"),
+            ("AWS_SECRET_ACCESS_KEY", "zz-secret-zz"),
+        ])
+        .unwrap();
+        let Some(ExportTarget::S3(s3)) = &c.leaders.export else {
+            panic!("expected an S3 export, got {:?}", c.leaders.export);
+        };
+        assert_eq!(s3.bucket, "audit-evidence");
+        assert_eq!(s3.prefix, "prod/");
+        assert_eq!(s3.region, "us-east-1");
+        assert!(
+            s3.path_style,
+            "a custom endpoint defaults to path-style URLs"
+        );
+        assert_eq!(s3.timeout, Duration::from_secs(300));
+        assert!(!format!("{c:?}").contains("zz-secret-zz"));
+        assert_eq!(
+            c.leaders.export.as_ref().unwrap().to_string(),
+            "s3://audit-evidence/prod/"
+        );
+        let aws = config(&[
+            ("AUDIT_EXPORT_S3_BUCKET", "audit-evidence"),
+            ("AWS_REGION", "eu-west-1"),
+            ("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE"),
+            ("AWS_SECRET_ACCESS_KEY", "zz-secret-zz"),
+        ])
+        .unwrap();
+        let Some(ExportTarget::S3(s3)) = &aws.leaders.export else {
+            panic!("expected an S3 export");
+        };
+        assert_eq!(s3.endpoint.as_str(), "https://s3.eu-west-1.amazonaws.com/");
+        assert!(!s3.path_style);
+    }
+
+    #[test]
+    fn a_bad_export_setting_stops_the_start_naming_it() {
+        let keys = [
+            ("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE"),
+            ("AWS_SECRET_ACCESS_KEY", "zz-secret-zz"),
+        ];
+        let cases: [(&[(&str, &str)], &str); 6] = [
+            (
+                &[("AUDIT_EXPORT_DIR", "/x"), ("AUDIT_EXPORT_S3_BUCKET", "b")],
+                "not both",
+            ),
+            (&[("AUDIT_EXPORT_S3_BUCKET", "b")], "AWS_ACCESS_KEY_ID"),
+            (
+                &[
+                    ("AUDIT_EXPORT_S3_BUCKET", "b"),
+                    ("AWS_ACCESS_KEY_ID", "AKID"),
+                ],
+                "AWS_SECRET_ACCESS_KEY",
+            ),
+            (
+                &[("AUDIT_EXPORT_S3_BUCKET", "Bad_Bucket")],
+                "AUDIT_EXPORT_S3_BUCKET",
+            ),
+            (
+                &[
+                    ("AUDIT_EXPORT_S3_BUCKET", "b"),
+                    ("AUDIT_EXPORT_S3_ENDPOINT", "ftp://x"),
+                ],
+                "AUDIT_EXPORT_S3_ENDPOINT",
+            ),
+            (
+                &[
+                    ("AUDIT_EXPORT_S3_BUCKET", "b"),
+                    ("AUDIT_EXPORT_S3_PATH_STYLE", "maybe"),
+                ],
+                "AUDIT_EXPORT_S3_PATH_STYLE",
+            ),
+        ];
+        for (pairs, named) in cases {
+            let mut all = pairs.to_vec();
+            if named != "AWS_ACCESS_KEY_ID" && named != "AWS_SECRET_ACCESS_KEY" {
+                all.extend(keys);
+            }
+            let error = config(&all).unwrap_err().to_string();
+            assert!(error.contains(named), "{pairs:?}: {error}");
+            assert!(!error.contains("zz-secret-zz"), "{error}");
+        }
     }
 }

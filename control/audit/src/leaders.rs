@@ -21,6 +21,7 @@ use crate::{
     config::{LeaderSettings, LedgerKeys},
     export,
     metrics::Metrics,
+    objects::ObjectStore,
     sweep::{self, SweepScope},
 };
 
@@ -65,11 +66,27 @@ pub fn spawn(context: LeaderContext, mut shutdown: watch::Receiver<bool>) -> Joi
         let mut leader: Option<PgConnection> = None;
         let mut held: Vec<i64> = Vec::new();
         let mut schedule = Schedule::default();
+        let store = match context.settings.export.as_ref().map(ObjectStore::open) {
+            Some(Ok(store)) => Some(store),
+            Some(Err(error)) => {
+                tracing::error!(%error, "audit export store cannot be opened; export is off");
+                None
+            }
+            None => None,
+        };
         loop {
             if *shutdown.borrow() {
                 break;
             }
-            if let Err(error) = tick(&context, &mut leader, &mut held, &mut schedule).await {
+            if let Err(error) = tick(
+                &context,
+                store.as_ref(),
+                &mut leader,
+                &mut held,
+                &mut schedule,
+            )
+            .await
+            {
                 tracing::warn!(%error, "audit leader connection lost; every leader lock is released");
                 leader = None;
                 held.clear();
@@ -91,6 +108,7 @@ pub fn spawn(context: LeaderContext, mut shutdown: watch::Receiver<bool>) -> Joi
 /// returned.
 async fn tick(
     context: &LeaderContext,
+    store: Option<&ObjectStore>,
     leader: &mut Option<PgConnection>,
     held: &mut Vec<i64>,
     schedule: &mut Schedule,
@@ -103,7 +121,7 @@ async fn tick(
         None => leader.insert(PgConnection::connect_with(&context.pool.connect_options()).await?),
     };
     let mut wanted = vec![RETENTION_LOCK, TAMPER_LOCK];
-    if context.settings.export_dir.is_some() {
+    if store.is_some() {
         wanted.push(EXPORT_LOCK);
     }
     for key in wanted {
@@ -157,10 +175,11 @@ async fn tick(
         }
     }
     if held.contains(&EXPORT_LOCK)
-        && let Some(dir) = &context.settings.export_dir
+        && let Some(store) = store
         && let Err(error) = export::run_due(
             &context.pool,
-            dir,
+            store,
+            context.settings.export_spool.as_deref(),
             context.settings.export_grace,
             &context.metrics,
             Utc::now(),
@@ -192,7 +211,7 @@ pub async fn retention_once(
         .ok()
         .and_then(|retention| now.checked_sub_signed(retention))
         .unwrap_or(DateTime::<Utc>::UNIX_EPOCH);
-    let exported_through = if context.settings.export_dir.is_some() {
+    let exported_through = if context.settings.export.is_some() {
         // The watermark names the last exported hour's start; everything before its end is out.
         Some(
             partitions::watermark(&mut conn, export::WATERMARK)

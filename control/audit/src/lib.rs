@@ -25,6 +25,7 @@ pub mod export;
 pub mod ingest;
 pub mod leaders;
 pub mod metrics;
+pub mod objects;
 pub mod query;
 pub mod server;
 pub mod state;

@@ -14,6 +14,7 @@
 //! the export layout in [`export`], the command in [`offline`].
 
 pub mod export;
+pub mod object;
 pub mod offline;
 pub mod row;
 

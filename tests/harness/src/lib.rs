@@ -15,6 +15,7 @@ pub mod oidc;
 pub mod plugins;
 pub mod provision;
 pub mod proxy;
+pub mod s3;
 pub mod streams;
 pub mod sts;
 pub mod tls;

@@ -1,24 +1,20 @@
 //! The export layout (storage §8.7) as written by the export leader and read by `caracal
-//! audit verify --export`.
+//! audit verify --export`, in a directory or under a bucket prefix.
 //!
 //! ```text
-//! audit/YYYY/MM/DD/YYYY-MM-DDTHH.ndjson                one AuditRow per line, ingested in that hour
-//! audit/YYYY/MM/DD/YYYY-MM-DDTHH.ndjson.manifest.json  {"object_sha256", "rows", "zones": {zone: {first_seq, last_seq, last_hash}}}
-//! audit/anchors/<time>.json                            [AnchorRecord, …] kept when retention dropped rows
+//! audit/YYYY/MM/DD/YYYY-MM-DDTHH.parquet                the rows ingested in that hour (super::object)
+//! audit/YYYY/MM/DD/YYYY-MM-DDTHH.parquet.manifest.json  {"object_sha256", "rows", "zones": {zone: {first_seq, last_seq, last_hash}}}
+//! audit/anchors/<time>.json                             [AnchorRecord, …] kept when retention dropped rows
 //! ```
 //!
-//! [`ManifestBuilder`] computes a manifest line by line, so the writer and the verifier
+//! [`ManifestBuilder`] computes a manifest row by row, so the writer and the verifier
 //! describe an object the same way.
 
-use std::{
-    collections::{BTreeMap, HashMap},
-    path::{Path, PathBuf},
-};
+use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, Utc};
 use control_store::audit::rows::StoredAnchor;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 use super::{AuditRow, Link, row::hex_bytes, row::hex_option};
 
@@ -28,7 +24,8 @@ pub const ANCHORS_DIR: &str = "audit/anchors";
 /// The object name of hour `hour` (its start), relative to the export root.
 #[must_use]
 pub fn object_name(hour: DateTime<Utc>) -> String {
-    hour.format("audit/%Y/%m/%d/%Y-%m-%dT%H.ndjson").to_string()
+    hour.format("audit/%Y/%m/%d/%Y-%m-%dT%H.parquet")
+        .to_string()
 }
 
 /// The manifest name of `object`.
@@ -77,10 +74,9 @@ pub struct ManifestZone {
     pub last_hash: String,
 }
 
-/// Builds a [`Manifest`] from an object's lines in order.
+/// Builds a [`Manifest`] from an object's rows in order and the object's SHA-256.
 #[derive(Debug, Default)]
 pub struct ManifestBuilder {
-    hasher: Sha256,
     rows: u64,
     zones: BTreeMap<String, ManifestZone>,
 }
@@ -92,14 +88,8 @@ impl ManifestBuilder {
         Self::default()
     }
 
-    /// Adds bytes of the object that are not a row (a blank line).
-    pub fn add_bytes(&mut self, bytes: &[u8]) {
-        self.hasher.update(bytes);
-    }
-
-    /// Adds one line (its exact bytes, with the line feed) and the row it holds.
-    pub fn add_line(&mut self, line: &[u8], row: &AuditRow) {
-        self.hasher.update(line);
+    /// Adds the object's next row.
+    pub fn add(&mut self, row: &AuditRow) {
         self.rows += 1;
         let last_hash = hex::encode(&row.content_sha256);
         self.zones
@@ -115,11 +105,11 @@ impl ManifestBuilder {
             });
     }
 
-    /// The manifest.
+    /// The manifest of an object whose bytes hash to `object_sha256`.
     #[must_use]
-    pub fn finish(self) -> Manifest {
+    pub fn finish(self, object_sha256: [u8; 32]) -> Manifest {
         Manifest {
-            object_sha256: hex::encode(self.hasher.finalize()),
+            object_sha256: hex::encode(object_sha256),
             rows: self.rows,
             zones: self.zones,
         }
@@ -167,94 +157,83 @@ impl From<StoredAnchor> for AnchorRecord {
     }
 }
 
-/// An hour object found under the export root.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct HourObject {
-    /// Its name relative to the root, `/`-separated.
-    pub(crate) name: String,
-    /// Its path.
-    pub(crate) path: PathBuf,
-}
-
-/// What the export root holds: hour objects in hour order, manifests without their
-/// object, and the anchors.
+/// What an export holds: hour objects in hour order, manifests without their object, anchor
+/// files, and names that do not belong to the layout.
 #[derive(Debug, Default)]
 pub(crate) struct ExportListing {
-    pub(crate) objects: Vec<HourObject>,
+    pub(crate) objects: Vec<String>,
     pub(crate) orphan_manifests: Vec<String>,
-    pub(crate) anchors: HashMap<(String, i64), AnchorRecord>,
+    pub(crate) anchor_files: Vec<String>,
     pub(crate) problems: Vec<String>,
 }
 
-/// Lists `root`'s hour objects, manifests and anchors.
-pub(crate) fn list(root: &Path) -> std::io::Result<ExportListing> {
+/// Sorts the names of an export (relative to its root) into the layout.
+pub(crate) fn classify(names: Vec<String>) -> ExportListing {
     let mut listing = ExportListing::default();
     let mut manifests = Vec::new();
-    let audit = root.join("audit");
-    let mut pending = vec![(audit, "audit".to_owned(), 0usize)];
-    while let Some((dir, name, depth)) = pending.pop() {
-        for entry in std::fs::read_dir(&dir)? {
-            let entry = entry?;
-            let file_name = entry.file_name().to_string_lossy().into_owned();
-            let relative = format!("{name}/{file_name}");
-            let file_type = entry.file_type()?;
-            if file_type.is_dir() {
-                if depth == 0 && file_name == "anchors" {
-                    read_anchors(&entry.path(), &mut listing)?;
-                } else if depth < 3 {
-                    pending.push((entry.path(), relative, depth + 1));
-                }
-            } else if depth == 3 && is_hour_object(&file_name) {
-                listing.objects.push(HourObject {
-                    name: relative,
-                    path: entry.path(),
-                });
-            } else if depth == 3 && file_name.ends_with(".ndjson.manifest.json") {
-                manifests.push(relative);
+    for name in names {
+        let parts: Vec<&str> = name.split('/').collect();
+        match parts.as_slice() {
+            ["audit", "anchors", file] if file.ends_with(".json") => {
+                listing.anchor_files.push(name.clone());
             }
+            ["audit", year, month, day, file] if !file.starts_with('.') => {
+                if is_hour_object(file) {
+                    let expected = format!(
+                        "{}/{}/{}",
+                        file.get(0..4).unwrap_or_default(),
+                        file.get(5..7).unwrap_or_default(),
+                        file.get(8..10).unwrap_or_default()
+                    );
+                    if format!("{year}/{month}/{day}") != expected {
+                        listing.problems.push(format!(
+                            "{name}: not in the directory of its hour (audit/{expected})"
+                        ));
+                    }
+                    listing.objects.push(name.clone());
+                } else if file.ends_with(".parquet.manifest.json") {
+                    manifests.push(name.clone());
+                } else {
+                    listing
+                        .problems
+                        .push(format!("{name}: not an object of the export layout"));
+                }
+            }
+            // Temporary files of an interrupted write start with a dot.
+            [.., file] if file.starts_with('.') => {}
+            _ => listing
+                .problems
+                .push(format!("{name}: not an object of the export layout")),
         }
     }
-    // The file name orders objects by hour; the directories must agree with it.
+    // The file name orders objects by hour.
     listing
         .objects
-        .sort_by(|a, b| file_part(&a.name).cmp(file_part(&b.name)));
-    for object in &listing.objects {
-        let file = file_part(&object.name);
-        let expected = format!(
-            "audit/{}/{}/{}/{file}",
-            file.get(0..4).unwrap_or_default(),
-            file.get(5..7).unwrap_or_default(),
-            file.get(8..10).unwrap_or_default()
-        );
-        if object.name != expected {
-            listing.problems.push(format!(
-                "{}: not in the directory of its hour ({expected})",
-                object.name
-            ));
-        }
-    }
+        .sort_by(|a, b| file_part(a).cmp(file_part(b)));
+    listing.anchor_files.sort();
     let names: std::collections::HashSet<String> = listing
         .objects
         .iter()
-        .map(|object| manifest_name(&object.name))
+        .map(|object| manifest_name(object))
         .collect();
     listing.orphan_manifests = manifests
         .into_iter()
         .filter(|manifest| !names.contains(manifest))
         .collect();
     listing.orphan_manifests.sort();
-    Ok(listing)
+    listing.problems.sort();
+    listing
 }
 
 fn file_part(name: &str) -> &str {
     name.rsplit('/').next().unwrap_or(name)
 }
 
-/// `YYYY-MM-DDTHH.ndjson`.
+/// `YYYY-MM-DDTHH.parquet`.
 fn is_hour_object(name: &str) -> bool {
     let bytes = name.as_bytes();
-    name.len() == 20
-        && name.ends_with(".ndjson")
+    name.len() == 21
+        && name.ends_with(".parquet")
         && bytes.iter().take(13).enumerate().all(|(i, b)| match i {
             4 | 7 => *b == b'-',
             10 => *b == b'T',
@@ -262,45 +241,31 @@ fn is_hour_object(name: &str) -> bool {
         })
 }
 
-/// Reads every `*.json` anchor file of `dir`; a file that is not an array of anchors, or an
-/// anchor repeated with another hash, is a problem.
-fn read_anchors(dir: &Path, listing: &mut ExportListing) -> std::io::Result<()> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
-        .map(|entry| entry.map(|e| e.path()))
-        .collect::<Result<_, _>>()?;
-    files.sort();
-    for path in files {
-        if path.extension().is_none_or(|ext| ext != "json") {
-            continue;
-        }
-        let name = format!(
-            "{ANCHORS_DIR}/{}",
-            path.file_name()
-                .map(|n| n.to_string_lossy())
-                .unwrap_or_default()
-        );
-        let bytes = std::fs::read(&path)?;
-        let Ok(records) = serde_json::from_slice::<Vec<AnchorRecord>>(&bytes) else {
-            listing
-                .problems
-                .push(format!("{name}: not a JSON array of anchors"));
-            continue;
-        };
-        for record in records {
-            let key = (record.zone_id.clone(), record.chain_seq);
-            match listing.anchors.get(&key) {
-                Some(known) if known.content_sha256 != record.content_sha256 => {
-                    listing.problems.push(format!(
-                        "{name}: anchor zone {} chain_seq {} differs from an earlier anchor",
-                        record.zone_id, record.chain_seq
-                    ));
-                }
-                Some(_) => {}
-                None => {
-                    listing.anchors.insert(key, record);
-                }
+/// Adds the anchors of one anchor file (`name`, `bytes`); a file that is not an array of
+/// anchors, or an anchor repeated with another hash, is a problem.
+pub(crate) fn read_anchors(
+    name: &str,
+    bytes: &[u8],
+    anchors: &mut HashMap<(String, i64), AnchorRecord>,
+    problems: &mut Vec<String>,
+) {
+    let Ok(records) = serde_json::from_slice::<Vec<AnchorRecord>>(bytes) else {
+        problems.push(format!("{name}: not a JSON array of anchors"));
+        return;
+    };
+    for record in records {
+        let key = (record.zone_id.clone(), record.chain_seq);
+        match anchors.get(&key) {
+            Some(known) if known.content_sha256 != record.content_sha256 => {
+                problems.push(format!(
+                    "{name}: anchor zone {} chain_seq {} differs from an earlier anchor",
+                    record.zone_id, record.chain_seq
+                ));
+            }
+            Some(_) => {}
+            None => {
+                anchors.insert(key, record);
             }
         }
     }
-    Ok(())
 }

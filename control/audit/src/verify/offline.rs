@@ -1,5 +1,5 @@
 //! `caracal audit verify` (storage §8.9): every check of §8.6 over a database, a dump
-//! (`--ndjson`) or an export directory, with no service running. On exports it also checks
+//! (`--ndjson`) or an export (a directory or `s3://bucket/prefix`), with no service running. On exports it also checks
 //! each object against its manifest, the chains across objects, and anchors across
 //! retention gaps. Prints a report naming the first bad row; exit code 0 clean, 1 findings,
 //! 2 usage or I/O error.
@@ -10,7 +10,7 @@
 //! signature checks are reported as skipped. Nothing of an event's content is printed.
 
 use std::{
-    collections::{BTreeMap, HashSet},
+    collections::{BTreeMap, HashMap, HashSet},
     io::{BufRead, BufReader, Write},
     path::{Path, PathBuf},
     str::FromStr,
@@ -24,11 +24,17 @@ use control_store::audit::rows::{self, RowFilter};
 use serde::{Serialize, de::DeserializeOwned};
 use sqlx::{Connection, PgConnection, postgres::PgConnectOptions};
 
+use sha2::{Digest, Sha256};
+
 use super::{
     AdminRow, AuditRow, ChainRow, Finding, Keyring, Link, SeenIds, Tally, Verifier,
     export::{self, Manifest, ManifestBuilder},
+    object,
 };
-use crate::config::{Lookup, read_keyring};
+use crate::{
+    config::{Lookup, read_keyring},
+    objects::{ExportTarget, Object, ObjectStore, ObjectStoreError, S3Settings},
+};
 
 /// Exit code: every check passed.
 pub const EXIT_CLEAN: i32 = 0;
@@ -53,7 +59,9 @@ pub struct OfflineArgs {
     pub database_url: Option<String>,
     /// `--ndjson FILE`: one row per line (from `caracal audit dump`).
     pub ndjson: Option<PathBuf>,
-    /// `--export DIR`: an export directory (`s3://` is not supported by this build).
+    /// `--export DIR | s3://bucket/prefix`: an export (the bucket's endpoint and credentials
+    /// come from the environment, as for the export leader: `AUDIT_EXPORT_S3_ENDPOINT`,
+    /// `AWS_ACCESS_KEY_ID`, …).
     pub export: Option<PathBuf>,
     /// `--zone Z`: only this zone's chain (`*` for the global admin chain with `--admin`).
     pub zone: Option<String>,
@@ -214,7 +222,7 @@ struct Plan {
 enum Source {
     Database(String),
     Ndjson(PathBuf),
-    Export(PathBuf),
+    Export(ExportTarget),
 }
 
 fn prepare(args: OfflineArgs, env: Lookup<'_>) -> Result<Plan, VerifyError> {
@@ -222,20 +230,13 @@ fn prepare(args: OfflineArgs, env: Lookup<'_>) -> Result<Plan, VerifyError> {
     let source = match (args.database_url, args.ndjson, args.export) {
         (Some(url), None, None) => Source::Database(url),
         (None, Some(path), None) => Source::Ndjson(path),
-        (None, None, Some(dir)) => Source::Export(dir),
+        (None, None, Some(export)) => Source::Export(export_target(&export, env)?),
         _ => return usage("exactly one of --database-url, --ndjson and --export is required"),
     };
-    if let Source::Export(dir) = &source {
-        if dir.to_string_lossy().starts_with("s3://") {
-            return usage(
-                "--export s3://… is not supported by this build; copy the objects to a directory",
-            );
-        }
-        if args.admin {
-            return usage(
-                "--admin: exports hold only audit_events; verify the admin chain with --database-url or --ndjson",
-            );
-        }
+    if matches!(source, Source::Export(_)) && args.admin {
+        return usage(
+            "--admin: exports hold only audit_events; verify the admin chain with --database-url or --ndjson",
+        );
     }
     let since = match args.since.as_deref() {
         None => None,
@@ -270,6 +271,18 @@ fn prepare(args: OfflineArgs, env: Lookup<'_>) -> Result<Plan, VerifyError> {
         admin: args.admin,
         keys,
     })
+}
+
+/// `--export`: a directory, or `s3://bucket/prefix` with the rest from the environment.
+fn export_target(export: &Path, env: Lookup<'_>) -> Result<ExportTarget, VerifyError> {
+    let text = export.to_string_lossy();
+    let Some(location) = text.strip_prefix("s3://") else {
+        return Ok(ExportTarget::Dir(export.to_path_buf()));
+    };
+    let (bucket, prefix) = location.split_once('/').unwrap_or((location, ""));
+    S3Settings::from_env(env, bucket, prefix)
+        .map(|settings| ExportTarget::S3(Box::new(settings)))
+        .map_err(|error| VerifyError(format!("--export {text}: {error}")))
 }
 
 /// The keys of the environment and the keyring file.
@@ -312,7 +325,7 @@ async fn run(plan: Plan) -> Result<Report, VerifyError> {
     match &plan.source {
         Source::Database(url) => from_database(url, &plan).await,
         Source::Ndjson(path) => from_ndjson(path, &plan),
-        Source::Export(dir) => from_export(dir, &plan),
+        Source::Export(target) => from_export(target, &plan).await,
     }
 }
 
@@ -429,7 +442,7 @@ fn check_file_row<R: ChainRow>(
     plan: &Plan,
     verifier: &mut Verifier,
     seen: &mut SeenIds,
-    anchors: &std::collections::HashMap<(String, i64), export::AnchorRecord>,
+    anchors: &HashMap<(String, i64), export::AnchorRecord>,
     report: &mut Report,
 ) {
     match admit(row, &plan.filter, inserted_at) {
@@ -459,12 +472,9 @@ fn parse_line<R: DeserializeOwned>(line: &[u8]) -> Result<R, String> {
     })
 }
 
-/// Reads `reader` line by line: `each(line number, exact bytes with the line feed, trimmed
-/// bytes)`; blank lines are passed with empty trimmed bytes.
-fn for_each_line(
-    reader: impl BufRead,
-    mut each: impl FnMut(u64, &[u8], &[u8]),
-) -> std::io::Result<()> {
+/// Reads `reader` line by line: `each(line number, trimmed bytes)`; blank lines are passed
+/// empty.
+fn for_each_line(reader: impl BufRead, mut each: impl FnMut(u64, &[u8])) -> std::io::Result<()> {
     let mut reader = reader;
     let mut buffer = Vec::new();
     let mut number = 0u64;
@@ -475,7 +485,7 @@ fn for_each_line(
         }
         number += 1;
         let trimmed = buffer.trim_ascii();
-        each(number, &buffer, trimmed);
+        each(number, trimmed);
     }
 }
 
@@ -494,9 +504,9 @@ fn from_ndjson(path: &Path, plan: &Plan) -> Result<Report, VerifyError> {
     );
     let mut verifier = Verifier::new(plan.keys.clone()).accepting_partial_starts();
     let mut seen = SeenIds::default();
-    let anchors = std::collections::HashMap::new();
+    let anchors = HashMap::new();
     let name = path.display().to_string();
-    for_each_line(reader, |number, _bytes, line| {
+    for_each_line(reader, |number, line| {
         if line.is_empty() {
             return;
         }
@@ -538,104 +548,116 @@ fn from_ndjson(path: &Path, plan: &Plan) -> Result<Report, VerifyError> {
     Ok(report.finish(&verifier))
 }
 
-fn from_export(root: &Path, plan: &Plan) -> Result<Report, VerifyError> {
-    let listing = export::list(root).map_err(|error| {
+async fn from_export(target: &ExportTarget, plan: &Plan) -> Result<Report, VerifyError> {
+    let store = ObjectStore::open(target).map_err(VerifyError)?;
+    let names = store.list().await.map_err(|error| {
         VerifyError(format!(
-            "{}: not a readable export directory (no audit/ tree?): {}",
-            root.display(),
-            error.kind()
+            "{target}: not a readable export (no audit/ tree?): {error}"
         ))
     })?;
-    let mut report = Report::new(format!("export {}", root.display()), false, plan.keys.len());
+    let listing = export::classify(names);
+    let read = |error: ObjectStoreError| VerifyError(error.to_string());
+    let mut report = Report::new(format!("export {target}"), false, plan.keys.len());
     report.problems.extend(listing.problems.iter().cloned());
     for orphan in &listing.orphan_manifests {
         report.problems.push(format!(
             "{orphan}: manifest without its object (object deleted?)"
         ));
     }
+    let mut anchors = HashMap::new();
+    for name in &listing.anchor_files {
+        if let Some(bytes) = store.get(name).await.map_err(read)? {
+            export::read_anchors(name, &bytes, &mut anchors, &mut report.problems);
+        }
+    }
     let mut verifier = Verifier::new(plan.keys.clone()).accepting_partial_starts();
     let mut seen = SeenIds::default();
-    let mut hours: HashSet<String> = HashSet::new();
-    for object in &listing.objects {
-        if !hours.insert(
-            object
-                .name
-                .rsplit('/')
-                .next()
-                .unwrap_or_default()
-                .to_owned(),
-        ) {
-            report.problems.push(format!(
-                "{}: a second object for the same hour",
-                object.name
-            ));
+    let mut hours: HashSet<&str> = HashSet::new();
+    for name in &listing.objects {
+        if !hours.insert(name.rsplit('/').next().unwrap_or_default()) {
+            report
+                .problems
+                .push(format!("{name}: a second object for the same hour"));
         }
-        let manifest_path = PathBuf::from(format!("{}.manifest.json", object.path.display()));
-        let manifest = match std::fs::read(&manifest_path) {
-            Ok(bytes) => match serde_json::from_slice::<Manifest>(&bytes) {
+        let manifest_name = export::manifest_name(name);
+        let manifest = match store.get(&manifest_name).await.map_err(read)? {
+            Some(bytes) => match serde_json::from_slice::<Manifest>(&bytes) {
                 Ok(manifest) => Some(manifest),
                 Err(_malformed) => {
-                    report.problems.push(format!(
-                        "{}: manifest is not valid",
-                        export::manifest_name(&object.name)
-                    ));
+                    report
+                        .problems
+                        .push(format!("{manifest_name}: manifest is not valid"));
                     None
                 }
             },
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
-                report
-                    .problems
-                    .push(format!("{}: no manifest", object.name));
+            None => {
+                report.problems.push(format!("{name}: no manifest"));
                 None
             }
-            Err(error) => {
-                return Err(VerifyError(format!(
-                    "{}: {}",
-                    manifest_path.display(),
-                    error.kind()
-                )));
-            }
+        };
+        let Some(object) = store.read(name).await.map_err(read)? else {
+            report
+                .problems
+                .push(format!("{name}: listed but gone when read"));
+            continue;
         };
         let mut described = ManifestBuilder::new();
-        let reader = open(&object.path)?;
-        for_each_line(reader, |number, bytes, line| {
-            if line.is_empty() {
-                described.add_bytes(bytes);
-                return;
+        let mut each = |row: AuditRow| {
+            described.add(&row);
+            check_file_row(
+                &row,
+                row.ingested_at,
+                plan,
+                &mut verifier,
+                &mut seen,
+                &anchors,
+                &mut report,
+            );
+        };
+        let (sha, decoded) = match object {
+            Object::File(mut file) => {
+                let sha = file_sha256(&mut file)
+                    .map_err(|error| VerifyError(format!("{name}: {}", error.kind())))?;
+                (sha, object::decode(file, &mut each))
             }
-            match parse_line::<AuditRow>(line) {
-                Ok(row) => {
-                    described.add_line(bytes, &row);
-                    let at = row.ingested_at;
-                    check_file_row(
-                        &row,
-                        at,
-                        plan,
-                        &mut verifier,
-                        &mut seen,
-                        &listing.anchors,
-                        &mut report,
-                    );
-                }
-                Err(why) => {
-                    described.add_bytes(bytes);
-                    report
-                        .problems
-                        .push(format!("{} line {number}: {why}", object.name));
-                }
-            }
-        })
-        .map_err(|error| VerifyError(format!("{}: {}", object.name, error.kind())))?;
+            Object::Bytes(bytes) => (
+                Sha256::digest(&bytes).into(),
+                object::decode(bytes, &mut each),
+            ),
+        };
+        match decoded {
+            Ok(problems) => report
+                .problems
+                .extend(problems.iter().map(|why| format!("{name} {why}"))),
+            Err(why) => report.problems.push(format!("{name}: {why}")),
+        }
         if let Some(manifest) = manifest {
             compare_manifest(
-                &object.name,
+                name,
                 &manifest,
-                &described.finish(),
+                &described.finish(sha),
                 &mut report.problems,
             );
         }
     }
     Ok(report.finish(&verifier))
+}
+
+/// The SHA-256 of a file's bytes, read from its start; the file is left at its start.
+fn file_sha256(file: &mut std::fs::File) -> std::io::Result<[u8; 32]> {
+    use std::io::{Read, Seek};
+    let mut hasher = Sha256::new();
+    let mut buffer = vec![0u8; 1 << 20];
+    file.rewind()?;
+    loop {
+        let read = file.read(&mut buffer)?;
+        if read == 0 {
+            break;
+        }
+        hasher.update(buffer.get(..read).unwrap_or_default());
+    }
+    file.rewind()?;
+    Ok(hasher.finalize().into())
 }
 
 /// Each difference between an object's manifest and what the object holds.

@@ -6,7 +6,7 @@ use serde_json::json;
 
 use super::{
     export::{self, ManifestBuilder},
-    *,
+    object, *,
 };
 use crate::canonical::format_time;
 
@@ -475,25 +475,49 @@ fn the_manifest_builder_describes_each_zone_span() {
     let mut rows = zone_chain("zone-a", 3, None);
     rows.extend(zone_chain("zone-b", 2, None));
     let mut builder = ManifestBuilder::new();
-    let mut bytes = Vec::new();
     for row in &rows {
-        let line = export::to_line(row).unwrap();
-        builder.add_line(&line, row);
-        bytes.extend(line);
+        builder.add(row);
     }
-    let manifest = builder.finish();
+    let manifest = builder.finish([7; 32]);
     assert_eq!(manifest.rows, 5);
-    assert_eq!(
-        manifest.object_sha256,
-        hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes))
-    );
+    assert_eq!(manifest.object_sha256, "07".repeat(32));
     let b = &manifest.zones["zone-b"];
     assert_eq!((b.first_seq, b.last_seq), (1, 2));
     assert_eq!(b.last_hash, hex::encode(&rows[4].content_sha256));
     assert_eq!(
         export::object_name(at("2026-05-21T13:00:00Z")),
-        "audit/2026/05/21/2026-05-21T13.ndjson"
+        "audit/2026/05/21/2026-05-21T13.parquet"
     );
+}
+
+#[test]
+fn an_object_round_trips_every_column_and_its_hash_is_the_manifests() {
+    let k = key(1);
+    let mut rows = zone_chain("zone-a", 3, Some(&k));
+    rows[1].request_id = Some(String::new());
+    rows[1].decision = None;
+    rows[2].metadata_json = Some(json!({"nested": {"n": 1.5, "list": [1, "two", null]}}));
+    rows[2].chain_hmac = None;
+    let bytes = object::encode(&rows).unwrap();
+    let decode = |bytes: Vec<u8>| {
+        let mut decoded = Vec::new();
+        let problems = object::decode(bytes::Bytes::from(bytes), |row| decoded.push(row))?;
+        assert!(problems.is_empty(), "{problems:?}");
+        Ok::<_, object::ObjectError>(decoded)
+    };
+    assert_eq!(decode(bytes.clone()).unwrap(), rows);
+    let mut writer = object::ObjectWriter::new(Vec::new()).unwrap();
+    writer.write_group(&rows[..2]).unwrap();
+    writer.write_group(&rows[2..]).unwrap();
+    let (written, sha) = writer.finish().unwrap();
+    assert_eq!(
+        sha,
+        <[u8; 32]>::from(<sha2::Sha256 as sha2::Digest>::digest(&written))
+    );
+    assert_eq!(decode(written).unwrap(), rows);
+    // Not Parquet at all, and Parquet cut short: an error naming the cause, no panic.
+    assert!(decode(b"{\"id\": 1}\n".to_vec()).is_err());
+    assert!(decode(bytes[..bytes.len() / 2].to_vec()).is_err());
 }
 
 /// A scratch directory removed at the end of the test.
@@ -522,17 +546,16 @@ fn write_export(root: &std::path::Path, hours: &[(&str, Vec<AuditRow>)]) {
         let name = export::object_name(at(hour));
         let path = root.join(&name);
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        let bytes = object::encode(rows).unwrap();
         let mut builder = ManifestBuilder::new();
-        let mut bytes = Vec::new();
         for row in rows {
-            let line = export::to_line(row).unwrap();
-            builder.add_line(&line, row);
-            bytes.extend(line);
+            builder.add(row);
         }
+        let manifest = builder.finish(<sha2::Sha256 as sha2::Digest>::digest(&bytes).into());
         std::fs::write(&path, bytes).unwrap();
         std::fs::write(
             root.join(export::manifest_name(&name)),
-            serde_json::to_vec(&builder.finish()).unwrap(),
+            serde_json::to_vec(&manifest).unwrap(),
         )
         .unwrap();
     }
@@ -581,15 +604,15 @@ async fn an_export_verifies_across_objects_and_names_what_differs() {
         "{text}"
     );
 
-    // A changed byte: the manifest hash differs and the row's content too.
+    // A row changed and the object rewritten: the manifest hash differs and the row's
+    // content too.
     let middle = scratch
         .0
         .join(export::object_name(at("2026-05-21T13:00:00Z")));
     let original = std::fs::read(&middle).unwrap();
-    let changed = String::from_utf8(original.clone())
-        .unwrap()
-        .replacen("allow", "deny!", 1);
-    std::fs::write(&middle, changed).unwrap();
+    let mut changed = rows[2..4].to_vec();
+    changed[0].decision = Some("deny".into());
+    std::fs::write(&middle, object::encode(&changed).unwrap()).unwrap();
     let (code, text) = verify_with(args.clone(), Some(KEY_HEX)).await;
     assert_eq!(code, EXIT_FINDINGS, "{text}");
     assert!(text.contains("differs from the manifest"), "{text}");
@@ -597,6 +620,28 @@ async fn an_export_verifies_across_objects_and_names_what_differs() {
         text.contains("FIRST BAD ROW: zone zone-a chain_seq 3 id zone-a-e3: content_mismatch"),
         "{text}"
     );
+
+    // One byte flipped in the original: the manifest hash differs (and the object may no
+    // longer decode); either way it is not clean.
+    let mut flipped = original.clone();
+    let at_byte = flipped.len() / 3;
+    flipped[at_byte] ^= 0x40;
+    std::fs::write(&middle, &flipped).unwrap();
+    let (code, text) = verify_with(args.clone(), Some(KEY_HEX)).await;
+    assert_eq!(code, EXIT_FINDINGS, "{text}");
+    assert!(text.contains("differs from the manifest"), "{text}");
+
+    // A file that is not of the layout beside the objects is named.
+    std::fs::write(&middle, &original).unwrap();
+    let stray = scratch.0.join("audit/2026/05/21/2026-05-21T14.ndjson");
+    std::fs::write(&stray, b"{}").unwrap();
+    let (code, text) = verify_with(args.clone(), Some(KEY_HEX)).await;
+    assert_eq!(code, EXIT_FINDINGS, "{text}");
+    assert!(
+        text.contains("audit/2026/05/21/2026-05-21T14.ndjson: not an object of the export layout"),
+        "{text}"
+    );
+    std::fs::remove_file(&stray).unwrap();
 
     // The middle hour deleted with its manifest: the chain across objects has a gap.
     std::fs::remove_file(&middle).unwrap();
@@ -695,8 +740,13 @@ async fn usage_and_io_errors_exit_2() {
             ndjson: Some("/nonexistent/x.ndjson".into()),
             ..OfflineArgs::default()
         },
+        // A bucket without credentials in the environment.
         OfflineArgs {
             export: Some("s3://bucket/prefix".into()),
+            ..OfflineArgs::default()
+        },
+        OfflineArgs {
+            export: Some("s3://Not_A_Bucket/prefix".into()),
             ..OfflineArgs::default()
         },
         OfflineArgs {

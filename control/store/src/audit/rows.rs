@@ -209,9 +209,16 @@ pub async fn page(
     };
     while let Some((zone, after_seq)) = current {
         let want = limit.saturating_sub(i64::try_from(out.len()).unwrap_or(i64::MAX));
-        let floor = filter
+        let mut floor = filter
             .from_seq
             .map_or(after_seq, |from| after_seq.max(from.saturating_sub(1)));
+        if after_seq == 0 && filter.since.is_some() {
+            // A zone's first page of a time window starts at the window's first row, not at
+            // the zone's first row: the rows before it are the zone's whole history.
+            if let Some(first) = first_seq_in_window(conn, &zone, filter).await? {
+                floor = floor.max(first.saturating_sub(1));
+            }
+        }
         out.extend(zone_rows(conn, &zone, floor, filter, want).await?);
         if i64::try_from(out.len()).unwrap_or(i64::MAX) >= limit {
             break;
@@ -245,6 +252,10 @@ pub async fn ingested_between(
 }
 
 /// The zone after `after` (the first when `None`) that holds rows `filter` admits.
+///
+/// With time bounds it walks the zones by skip scan (each next zone one probe of the chain
+/// index) and asks each for a row in the window (one probe of the ingested index), so a
+/// window's cost does not grow with the rows outside it.
 async fn next_zone(
     conn: &mut PgConnection,
     filter: &RowFilter,
@@ -264,16 +275,52 @@ async fn next_zone(
         let found = query.fetch_one(conn).await?;
         return Ok(found.then(|| zone.clone()));
     }
-    let mut sql = String::from("SELECT min(zone_id) FROM audit_events WHERE zone_id > $1");
+    if filter.since.is_none() && filter.until.is_none() {
+        return sqlx::query_scalar::<_, Option<String>>(
+            "SELECT min(zone_id) FROM audit_events WHERE zone_id > $1",
+        )
+        .bind(after.unwrap_or(""))
+        .fetch_one(conn)
+        .await;
+    }
+    let mut sql = String::from(
+        "WITH RECURSIVE zone AS ( \
+           SELECT min(zone_id) AS id FROM audit_events WHERE zone_id > $1 \
+           UNION ALL \
+           SELECT (SELECT min(zone_id) FROM audit_events WHERE zone_id > zone.id) \
+             FROM zone WHERE zone.id IS NOT NULL) \
+         SELECT id FROM zone WHERE id IS NOT NULL \
+           AND EXISTS (SELECT 1 FROM audit_events WHERE zone_id = zone.id",
+    );
     push_time_bounds(&mut sql, filter, 2);
-    let mut query = sqlx::query_scalar::<_, Option<String>>(&sql).bind(after.unwrap_or(""));
+    sql.push_str(") LIMIT 1");
+    let mut query = sqlx::query_scalar::<_, String>(&sql).bind(after.unwrap_or(""));
+    for at in time_bounds(filter) {
+        query = query.bind(at);
+    }
+    query.fetch_optional(conn).await
+}
+
+/// The lowest `chain_seq` of `zone` in the time window of `filter`, read through the
+/// ingested index (`chain_seq + 0` keeps the planner from walking the chain index from the
+/// zone's first row, which it would expect to meet the window early).
+async fn first_seq_in_window(
+    conn: &mut PgConnection,
+    zone: &str,
+    filter: &RowFilter,
+) -> Result<Option<i64>, sqlx::Error> {
+    let mut sql = String::from("SELECT min(chain_seq + 0) FROM audit_events WHERE zone_id = $1");
+    push_time_bounds(&mut sql, filter, 2);
+    let mut query = sqlx::query_scalar::<_, Option<i64>>(&sql).bind(zone);
     for at in time_bounds(filter) {
         query = query.bind(at);
     }
     query.fetch_one(conn).await
 }
 
-/// One zone's rows above `after_seq`.
+/// One zone's rows above `after_seq`, in chain order. The time bounds are applied as a filter
+/// on the chain index's walk (`+ interval '0'` keeps them off the ingested index, which would
+/// read and sort the whole window for every page).
 async fn zone_rows(
     conn: &mut PgConnection,
     zone: &str,
@@ -283,7 +330,15 @@ async fn zone_rows(
 ) -> Result<Vec<StoredAuditRow>, sqlx::Error> {
     let mut sql =
         format!("SELECT {AUDIT_COLUMNS} FROM audit_events WHERE zone_id = $1 AND chain_seq > $2");
-    let next = push_time_bounds(&mut sql, filter, 3);
+    let mut next = 3;
+    if filter.since.is_some() {
+        sql.push_str(&format!(" AND ingested_at + interval '0' >= ${next}"));
+        next += 1;
+    }
+    if filter.until.is_some() {
+        sql.push_str(&format!(" AND ingested_at + interval '0' < ${next}"));
+        next += 1;
+    }
     sql.push_str(&format!(" ORDER BY chain_seq LIMIT ${next}"));
     let mut query = sqlx::query_as::<_, StoredAuditRow>(&sql)
         .bind(zone)

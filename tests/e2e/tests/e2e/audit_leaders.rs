@@ -1,8 +1,9 @@
 //! The audit ledger's leader jobs against real Postgres (storage §5.2, §5.3, §8.7): partition
 //! upkeep and the retention drop with its anchors (never before export when export is on),
-//! and the hourly export, whose objects verify offline and are never overwritten.
+//! and the hourly export to a directory and to a real S3-compatible server, whose objects
+//! verify offline and are never overwritten.
 
-use std::{path::Path, sync::Arc, time::Duration};
+use std::{collections::HashMap, path::PathBuf, sync::Arc, time::Duration};
 
 use chrono::{DurationRound, Utc};
 use control_audit::{
@@ -10,14 +11,20 @@ use control_audit::{
     export,
     leaders::{LeaderContext, retention_once},
     metrics::Metrics,
+    objects::{Body, ExportTarget, ObjectStore, Put, S3Settings},
     sweep::{SweepScope, run_once},
-    verify::{OfflineArgs, offline_with_env},
+    verify::{
+        AuditRow, OfflineArgs,
+        export::{manifest_name, object_name},
+        object, offline_with_env,
+    },
 };
 use control_store::ServiceRole;
 use serde_json::json;
 use tests_harness::{
     TestDb,
     audit::{AuditFixture, PRODUCER_KEY_HEX, await_rows, emit_raw, event_data, producer_key},
+    s3::S3Server,
 };
 
 const WITHIN: Duration = Duration::from_secs(20);
@@ -32,7 +39,7 @@ fn keys() -> LedgerKeys {
     }
 }
 
-fn settings(export_dir: Option<&Path>) -> LeaderSettings {
+fn settings(export_dir: Option<&std::path::Path>) -> LeaderSettings {
     LeaderSettings {
         retention: Duration::from_secs(365 * 86_400),
         partition_interval: Duration::from_secs(6 * 3600),
@@ -40,7 +47,8 @@ fn settings(export_dir: Option<&Path>) -> LeaderSettings {
         tamper_rolling_interval: Duration::from_secs(3600),
         tamper_full_interval: Duration::from_secs(86_400),
         tamper_rows_per_sec: 1_000_000,
-        export_dir: export_dir.map(Path::to_path_buf),
+        export: export_dir.map(|dir| ExportTarget::Dir(dir.to_path_buf())),
+        export_spool: None,
         export_grace: Duration::ZERO,
         tick: Duration::from_secs(1),
     }
@@ -57,12 +65,19 @@ async fn partitions(db: &TestDb) -> Vec<String> {
     .unwrap()
 }
 
-async fn verify_export(dir: &Path) -> (i32, String) {
+/// `caracal audit verify --export <export>` with the ledger key and `env`.
+async fn verify_export(export: PathBuf, env: &HashMap<String, String>) -> (i32, String) {
     let mut out = Vec::new();
-    let env = |name: &str| (name == "AUDIT_HMAC_KEY").then(|| PRODUCER_KEY_HEX.to_owned());
+    let env = |name: &str| {
+        if name == "AUDIT_HMAC_KEY" {
+            Some(PRODUCER_KEY_HEX.to_owned())
+        } else {
+            env.get(name).cloned()
+        }
+    };
     let code = offline_with_env(
         OfflineArgs {
-            export: Some(dir.to_path_buf()),
+            export: Some(export),
             ..OfflineArgs::default()
         },
         &mut out,
@@ -173,26 +188,36 @@ async fn retention_drops_old_partitions_with_anchors_but_never_unexported_eviden
     assert_eq!(report.findings, 0, "{report:?}");
 }
 
-#[tokio::test]
-async fn closed_hours_are_exported_once_and_verify_offline() {
+/// The export of one closed hour into `store`, verified from `export` (the verifier's
+/// `--export`, with `env`): 30 events written once as a Parquet object with its manifest;
+/// the watermark moved, so nothing is exported again; with the watermark lost and one more
+/// row in the hour, an overlapping export leaves the object as it is (If-None-Match); an
+/// object added without a manifest and with a changed row is named by the verifier.
+async fn exports_each_closed_hour_once(
+    store: ObjectStore,
+    export: PathBuf,
+    env: HashMap<String, String>,
+) {
     let db = TestDb::migrated().await.unwrap();
     let audit = AuditFixture::start(&db).await.unwrap();
     let key = producer_key().unwrap();
-    let entries: Vec<(String, String)> = (0..30)
-        .map(|n| {
-            let id = format!("ex-{n:03}");
-            (
-                id.clone(),
-                event_data(if n % 2 == 0 { "zone-a" } else { "zone-b" }, &id, json!({})),
-            )
-        })
-        .collect();
-    emit_raw(&audit.redis, &entries, Some(&key)).await.unwrap();
+    let emit = |range: std::ops::Range<usize>| {
+        range
+            .map(|n| {
+                let id = format!("ex-{n:03}");
+                (
+                    id.clone(),
+                    event_data(if n % 2 == 0 { "zone-a" } else { "zone-b" }, &id, json!({})),
+                )
+            })
+            .collect::<Vec<(String, String)>>()
+    };
+    emit_raw(&audit.redis, &emit(0..30), Some(&key))
+        .await
+        .unwrap();
     await_rows(&db, 30, WITHIN).await.unwrap();
-    audit.stop().await;
     let pool = db.service_pool(ServiceRole::Audit).await.unwrap();
     let metrics = Metrics::default();
-    let dir = tempfile::tempdir().unwrap();
     // Start two hours back, so the rows' hour is exported whatever the minute is now.
     let hour = Utc::now()
         .duration_trunc(chrono::Duration::hours(1))
@@ -206,42 +231,56 @@ async fn closed_hours_are_exported_once_and_verify_offline() {
     .await
     .unwrap();
     // Not yet closed: nothing is written and the watermark stays.
-    let none = export::run_due(&pool, dir.path(), Duration::ZERO, &metrics, Utc::now())
+    let none = export::run_due(&pool, &store, None, Duration::ZERO, &metrics, Utc::now())
         .await
         .unwrap();
     assert!(none <= 1, "only the previous, empty hour may be closed");
     let later = Utc::now() + chrono::Duration::hours(1);
-    export::run_due(&pool, dir.path(), Duration::ZERO, &metrics, later)
+    export::run_due(&pool, &store, None, Duration::ZERO, &metrics, later)
         .await
         .unwrap();
-    assert_eq!(
+    let rows_exported = || {
         metrics
             .rows_exported
-            .load(std::sync::atomic::Ordering::Relaxed),
-        30
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    assert_eq!(rows_exported(), 30);
+    let object_rows = || async {
+        let bytes = store
+            .get(&object_name(hour))
+            .await
+            .unwrap()
+            .expect("the object");
+        let mut rows = Vec::new();
+        let problems = object::decode(bytes, |row| rows.push(row)).unwrap();
+        assert!(problems.is_empty(), "{problems:?}");
+        rows
+    };
+    let written: Vec<AuditRow> = object_rows().await;
+    assert_eq!(written.len(), 30);
+    assert!(
+        store
+            .get(&manifest_name(&object_name(hour)))
+            .await
+            .unwrap()
+            .is_some()
     );
-    let object = dir
-        .path()
-        .join(control_audit::verify::export::object_name(hour));
-    let manifest = dir
-        .path()
-        .join(control_audit::verify::export::manifest_name(
-            &control_audit::verify::export::object_name(hour),
-        ));
-    assert!(object.exists() && manifest.exists(), "{object:?}");
-    let lines = std::fs::read_to_string(&object).unwrap();
-    assert_eq!(lines.lines().count(), 30);
-    let (code, report) = verify_export(dir.path()).await;
+    let (code, report) = verify_export(export.clone(), &env).await;
     assert_eq!(code, 0, "{report}");
+    assert!(report.contains("rows checked: 30"), "{report}");
     // The watermark moved: nothing is exported again.
-    let again = export::run_due(&pool, dir.path(), Duration::ZERO, &metrics, later)
+    let again = export::run_due(&pool, &store, None, Duration::ZERO, &metrics, later)
         .await
         .unwrap();
     assert_eq!(again, 0);
-    // An overlapping leader (the watermark lost) never overwrites an object: a changed
-    // object stays changed, and the verifier names it.
-    let changed = lines.replacen("\"allow\"", "\"deny\"", 1);
-    std::fs::write(&object, &changed).unwrap();
+
+    // One more row, then an overlapping leader (the watermark lost) exports the hour again:
+    // the objects are already there and stay as they were.
+    emit_raw(&audit.redis, &emit(30..31), Some(&key))
+        .await
+        .unwrap();
+    await_rows(&db, 31, WITHIN).await.unwrap();
+    audit.stop().await;
     let mut owner = db.admin().await.unwrap();
     sqlx::query("DELETE FROM caracal.audit_export_watermark")
         .execute(&mut owner)
@@ -254,10 +293,95 @@ async fn closed_hours_are_exported_once_and_verify_offline() {
     )
     .await
     .unwrap();
-    export::run_due(&pool, dir.path(), Duration::ZERO, &metrics, later)
+    export::run_due(&pool, &store, None, Duration::ZERO, &metrics, later)
         .await
         .unwrap();
-    assert_eq!(std::fs::read_to_string(&object).unwrap(), changed);
-    let (code, report) = verify_export(dir.path()).await;
+    assert_eq!(
+        rows_exported(),
+        30,
+        "no row is counted for an object left as it was"
+    );
+    assert_eq!(object_rows().await, written);
+    let (code, report) = verify_export(export.clone(), &env).await;
+    assert_eq!(code, 0, "{report}");
+
+    // A stray object (no manifest, a changed copy of a row) is named.
+    let mut forged = written[0].clone();
+    forged.decision = Some("deny".into());
+    let stray = object_name(hour + chrono::Duration::hours(3));
+    let put = store
+        .put_once(
+            &stray,
+            Body::Bytes(object::encode(&[forged]).unwrap().into()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(put, Put::Created);
+    let (code, report) = verify_export(export, &env).await;
     assert_eq!(code, 1, "{report}");
+    assert!(
+        report.contains(&format!("{stray}: no manifest")),
+        "{report}"
+    );
+    assert!(report.contains("content_mismatch"), "{report}");
+}
+
+#[tokio::test]
+async fn closed_hours_are_exported_once_to_a_directory_and_verify_offline() {
+    let dir = tempfile::tempdir().unwrap();
+    exports_each_closed_hour_once(
+        ObjectStore::Dir(dir.path().to_path_buf()),
+        dir.path().to_path_buf(),
+        HashMap::new(),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn closed_hours_are_exported_once_to_an_s3_bucket_and_verify_offline() {
+    let server = S3Server::start().await.unwrap();
+    server.create_bucket("caracal-audit").await.unwrap();
+    let env: HashMap<String, String> = [
+        ("AUDIT_EXPORT_S3_ENDPOINT", server.endpoint()),
+        ("AWS_ACCESS_KEY_ID", "testing".to_owned()),
+        ("AWS_SECRET_ACCESS_KEY", "testing-secret".to_owned()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    let lookup = |name: &str| env.get(name).cloned();
+    let settings = S3Settings::from_env(&lookup, "caracal-audit", "prod/ledger").unwrap();
+    let store = ObjectStore::open(&ExportTarget::S3(Box::new(settings))).unwrap();
+    exports_each_closed_hour_once(
+        store,
+        PathBuf::from("s3://caracal-audit/prod/ledger"),
+        env.clone(),
+    )
+    .await;
+    // The objects are under the prefix.
+    let listing = tests_harness::http::get(
+        server.addr,
+        "/caracal-audit?list-type=2&prefix=prod/ledger/audit/",
+    )
+    .await
+    .unwrap();
+    assert_eq!(listing.status, 200);
+    assert!(
+        String::from_utf8_lossy(&listing.body).contains(".parquet.manifest.json"),
+        "{listing:?}"
+    );
+    // Unreachable or refusing buckets are errors naming the operation, never a signed URL.
+    let wrong = S3Settings::from_env(&lookup, "no-such-bucket", "").unwrap();
+    let error = ObjectStore::open(&ExportTarget::S3(Box::new(wrong)))
+        .unwrap()
+        .put_once("audit/x", Body::Bytes("x".into()))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("S3 PUT audit/x: 404"), "{error}");
+    assert!(
+        !error.contains("X-Amz-Signature") && !error.contains("testing"),
+        "{error}"
+    );
+    server.stop().await;
 }

@@ -24,7 +24,7 @@ use control_audit::{
     verify::{
         AdminRow, AuditRow, OfflineArgs,
         export::{self, ManifestBuilder},
-        offline_with_env,
+        object, offline_with_env,
     },
 };
 use control_crypto::{HmacKey, chain_hmac, ingest_signature};
@@ -39,6 +39,7 @@ use control_store::{
     zone::{cross_zone_read, global_tx, zone_tx},
 };
 use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 use tests_harness::{TestDb, api::ApiFixture};
 
@@ -289,29 +290,28 @@ fn write_ndjson(path: &Path, rows: &[AuditRow]) {
     std::fs::write(path, bytes).unwrap();
 }
 
-/// Writes `rows` as an export: one object per ingest hour, each with its manifest.
+/// Writes `rows` as an export: one Parquet object per ingest hour, each with its manifest.
 fn write_export(root: &Path, rows: &[AuditRow]) {
-    let mut hours: BTreeMap<String, Vec<&AuditRow>> = BTreeMap::new();
+    let mut hours: BTreeMap<String, Vec<AuditRow>> = BTreeMap::new();
     for row in rows {
         hours
             .entry(export::object_name(row.ingested_at))
             .or_default()
-            .push(row);
+            .push(row.clone());
     }
     for (name, rows) in hours {
         let path = root.join(&name);
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        let bytes = object::encode(&rows).unwrap();
         let mut builder = ManifestBuilder::new();
-        let mut bytes = Vec::new();
-        for row in rows {
-            let line = export::to_line(row).unwrap();
-            builder.add_line(&line, row);
-            bytes.extend(line);
+        for row in &rows {
+            builder.add(row);
         }
+        let manifest = builder.finish(Sha256::digest(&bytes).into());
         std::fs::write(&path, bytes).unwrap();
         std::fs::write(
             root.join(export::manifest_name(&name)),
-            serde_json::to_vec(&builder.finish()).unwrap(),
+            serde_json::to_vec(&manifest).unwrap(),
         )
         .unwrap();
     }
