@@ -4,12 +4,7 @@
 //! signature, and honours `If-None-Match: *` on `PUT` (412 when the key exists), which is
 //! what the export relies on.
 
-use std::{
-    net::SocketAddr,
-    path::PathBuf,
-    process::Stdio,
-    time::Duration,
-};
+use std::{net::SocketAddr, path::PathBuf, process::Stdio, time::Duration};
 
 use anyhow::Context;
 use tokio::{sync::Mutex, time::Instant};

@@ -266,7 +266,7 @@ async fn next_zone(
             return Ok(None);
         }
         let mut sql = String::from("SELECT EXISTS (SELECT 1 FROM audit_events WHERE zone_id = $1");
-        push_time_bounds(&mut sql, filter, 2);
+        push_time_bounds(&mut sql, "ingested_at", filter, 2);
         sql.push(')');
         let mut query = sqlx::query_scalar::<_, bool>(&sql).bind(zone);
         for at in time_bounds(filter) {
@@ -292,7 +292,7 @@ async fn next_zone(
          SELECT id FROM zone WHERE id IS NOT NULL \
            AND EXISTS (SELECT 1 FROM audit_events WHERE zone_id = zone.id",
     );
-    push_time_bounds(&mut sql, filter, 2);
+    push_time_bounds(&mut sql, "ingested_at", filter, 2);
     sql.push_str(") LIMIT 1");
     let mut query = sqlx::query_scalar::<_, String>(&sql).bind(after.unwrap_or(""));
     for at in time_bounds(filter) {
@@ -310,7 +310,7 @@ async fn first_seq_in_window(
     filter: &RowFilter,
 ) -> Result<Option<i64>, sqlx::Error> {
     let mut sql = String::from("SELECT min(chain_seq + 0) FROM audit_events WHERE zone_id = $1");
-    push_time_bounds(&mut sql, filter, 2);
+    push_time_bounds(&mut sql, "ingested_at", filter, 2);
     let mut query = sqlx::query_scalar::<_, Option<i64>>(&sql).bind(zone);
     for at in time_bounds(filter) {
         query = query.bind(at);
@@ -330,15 +330,7 @@ async fn zone_rows(
 ) -> Result<Vec<StoredAuditRow>, sqlx::Error> {
     let mut sql =
         format!("SELECT {AUDIT_COLUMNS} FROM audit_events WHERE zone_id = $1 AND chain_seq > $2");
-    let mut next = 3;
-    if filter.since.is_some() {
-        sql.push_str(&format!(" AND ingested_at + interval '0' >= ${next}"));
-        next += 1;
-    }
-    if filter.until.is_some() {
-        sql.push_str(&format!(" AND ingested_at + interval '0' < ${next}"));
-        next += 1;
-    }
+    let next = push_time_bounds(&mut sql, "ingested_at + interval '0'", filter, 3);
     sql.push_str(&format!(" ORDER BY chain_seq LIMIT ${next}"));
     let mut query = sqlx::query_as::<_, StoredAuditRow>(&sql)
         .bind(zone)
@@ -349,16 +341,17 @@ async fn zone_rows(
     query.bind(limit).fetch_all(conn).await
 }
 
-/// Appends the `ingested_at` bounds `filter` sets, numbered from `$first`; returns the next
+/// Appends the `ingested_at` bounds `filter` sets on `column` (`ingested_at`, or an expression
+/// of it that keeps an index out of use), numbered from `$first`; returns the next
 /// free parameter number.
-fn push_time_bounds(sql: &mut String, filter: &RowFilter, first: usize) -> usize {
+fn push_time_bounds(sql: &mut String, column: &str, filter: &RowFilter, first: usize) -> usize {
     let mut next = first;
     if filter.since.is_some() {
-        sql.push_str(&format!(" AND ingested_at >= ${next}"));
+        sql.push_str(&format!(" AND {column} >= ${next}"));
         next += 1;
     }
     if filter.until.is_some() {
-        sql.push_str(&format!(" AND ingested_at < ${next}"));
+        sql.push_str(&format!(" AND {column} < ${next}"));
         next += 1;
     }
     next
