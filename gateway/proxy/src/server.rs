@@ -2,7 +2,10 @@
 //! HTTP/1.1 and HTTP/2, a connection cap that sheds, the header-read timeout and the
 //! header-block bound, request-smuggling shapes refused, and a graceful drain on shutdown.
 
-use std::{convert::Infallible, net::SocketAddr, path::Path, sync::Arc, time::Duration};
+use std::{
+    convert::Infallible, future::Future, net::SocketAddr, path::Path, pin::Pin, sync::Arc,
+    time::Duration,
+};
 
 use control_model::Denial;
 use http::{HeaderValue, Request, Response, header};
@@ -40,6 +43,9 @@ pub(crate) fn tls_acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, Strin
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
+/// The future of one request's answer.
+type Answer = Pin<Box<dyn Future<Output = Result<Response<ProxyBody>, Infallible>> + Send>>;
+
 /// Serves until `shutdown` turns true, then drains open connections for up to 30 s.
 pub(crate) async fn serve(
     gateway: Arc<Gateway>,
@@ -70,7 +76,12 @@ pub(crate) async fn serve(
         let gateway = Arc::clone(&gateway);
         let service = service_fn(move |req: Request<Incoming>| {
             let gateway = Arc::clone(&gateway);
-            async move { Ok::<_, Infallible>(entry(&gateway, req, peer).await) }
+            // Boxed per request: hyper keeps one slot for the service's future in every
+            // HTTP/1 connection for as long as the connection lives, so the pipeline's
+            // state machine inline would cost its full size on each idle keep-alive
+            // connection (decision 0036).
+            let answer: Answer = Box::pin(async move { Ok(entry(&gateway, req, peer).await) });
+            answer
         });
         let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
         builder
