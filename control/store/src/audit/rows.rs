@@ -11,7 +11,7 @@
 //! role, or [`begin_verifier_read`] on the offline verifier's own connection.
 
 use chrono::{DateTime, Utc};
-use sqlx::PgConnection;
+use sqlx::{PgConnection, Postgres, postgres::PgArguments, query::QueryScalar};
 
 /// One `audit_events` row as stored; the three `jsonb` columns as their JSON text.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
@@ -268,11 +268,9 @@ async fn next_zone(
         let mut sql = String::from("SELECT EXISTS (SELECT 1 FROM audit_events WHERE zone_id = $1");
         push_time_bounds(&mut sql, "ingested_at", filter, 2);
         sql.push(')');
-        let mut query = sqlx::query_scalar::<_, bool>(&sql).bind(zone);
-        for at in time_bounds(filter) {
-            query = query.bind(at);
-        }
-        let found = query.fetch_one(conn).await?;
+        let found = bind_time_bounds(sqlx::query_scalar::<_, bool>(&sql).bind(zone), filter)
+            .fetch_one(conn)
+            .await?;
         return Ok(found.then(|| zone.clone()));
     }
     if filter.since.is_none() && filter.until.is_none() {
@@ -294,11 +292,12 @@ async fn next_zone(
     );
     push_time_bounds(&mut sql, "ingested_at", filter, 2);
     sql.push_str(") LIMIT 1");
-    let mut query = sqlx::query_scalar::<_, String>(&sql).bind(after.unwrap_or(""));
-    for at in time_bounds(filter) {
-        query = query.bind(at);
-    }
-    query.fetch_optional(conn).await
+    bind_time_bounds(
+        sqlx::query_scalar::<_, String>(&sql).bind(after.unwrap_or("")),
+        filter,
+    )
+    .fetch_optional(conn)
+    .await
 }
 
 /// The lowest `chain_seq` of `zone` in the time window of `filter`, read through the
@@ -311,11 +310,12 @@ async fn first_seq_in_window(
 ) -> Result<Option<i64>, sqlx::Error> {
     let mut sql = String::from("SELECT min(chain_seq + 0) FROM audit_events WHERE zone_id = $1");
     push_time_bounds(&mut sql, "ingested_at", filter, 2);
-    let mut query = sqlx::query_scalar::<_, Option<i64>>(&sql).bind(zone);
-    for at in time_bounds(filter) {
-        query = query.bind(at);
-    }
-    query.fetch_one(conn).await
+    bind_time_bounds(
+        sqlx::query_scalar::<_, Option<i64>>(&sql).bind(zone),
+        filter,
+    )
+    .fetch_one(conn)
+    .await
 }
 
 /// One zone's rows above `after_seq`, in chain order. The time bounds are applied as a filter
@@ -355,6 +355,17 @@ fn push_time_bounds(sql: &mut String, column: &str, filter: &RowFilter, first: u
         next += 1;
     }
     next
+}
+
+/// `query` with the values of [`push_time_bounds`] bound, in the same order.
+fn bind_time_bounds<'q, O>(
+    mut query: QueryScalar<'q, Postgres, O, PgArguments>,
+    filter: &RowFilter,
+) -> QueryScalar<'q, Postgres, O, PgArguments> {
+    for at in time_bounds(filter) {
+        query = query.bind(at);
+    }
+    query
 }
 
 /// The values of [`push_time_bounds`], in the same order.
