@@ -262,13 +262,13 @@ pub struct S3Store {
     prefix: String,
     timeout: Duration,
     client: HttpClient,
-    display: String,
 }
 
 impl std::fmt::Debug for S3Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("S3Store")
-            .field("bucket", &self.display)
+            .field("bucket", &self.bucket.name())
+            .field("prefix", &self.prefix)
             .finish_non_exhaustive()
     }
 }
@@ -301,7 +301,6 @@ impl ObjectStore {
                     timeout: settings.timeout,
                     client: Client::builder(TokioExecutor::new())
                         .build(control_http::jwks::connector(Some(Duration::from_secs(10)))),
-                    display: target.to_string(),
                 })))
             }
         }
